@@ -1,0 +1,96 @@
+"""Finding experiment configs by regular expression, as multi-run.py -c always did."""
+
+import os
+
+import regex
+
+from .errors import SlotrunError
+
+BASE_SUFFIXES = ("-base.yaml", "_base.yaml")
+
+
+def is_base(name):
+    """Return True for shared base configs (never tasks)."""
+    return name.endswith(BASE_SUFFIXES)
+
+
+def all_configs(workspace, configs_dir="configs"):
+    """Return every task config under configs/, as workspace-relative paths, sorted."""
+    root = os.path.join(workspace, configs_dir)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.endswith(".yaml") and not is_base(name) and not name.startswith("."):
+                rel = os.path.relpath(os.path.join(dirpath, name), workspace)
+                found.append(rel.replace(os.sep, "/"))
+    found.sort()
+    return found
+
+
+def compile_pattern(pattern, max_length=None):
+    """Return the compiled config pattern, or raise an error naming the problem."""
+    if not isinstance(pattern, str):
+        raise SlotrunError("pattern must be a string (a Python regular expression)")
+    if max_length is not None and len(pattern) > max_length:
+        raise SlotrunError(f"pattern is {len(pattern)} characters long; at most {max_length} allowed")
+    if "\x00" in pattern:
+        raise SlotrunError("pattern must not contain a NUL character")
+    try:
+        return regex.compile(pattern, regex.VERSION0)
+    except regex.error as e:
+        raise SlotrunError(f"invalid regular expression {pattern!r}: {e}") from None
+
+
+def match_configs(workspace, pattern, configs_dir="configs", max_length=None, timeout=None):
+    """Return the configs whose path (configs/.../name.yaml) the pattern is found in.
+
+    ``timeout`` bounds the total matching time in seconds, so that a catastrophic pattern
+    cannot stall the caller.
+    """
+    compiled = compile_pattern(pattern, max_length)
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out = []
+    for path in all_configs(workspace, configs_dir):
+        left = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _too_slow(pattern, timeout)
+        try:
+            if compiled.search(path, timeout=left):
+                out.append(path)
+        except TimeoutError:
+            raise _too_slow(pattern, timeout) from None
+    return out
+
+
+def _too_slow(pattern, timeout):
+    return SlotrunError(
+        f"pattern {pattern!r} took longer than {timeout:g} s to match the config names; "
+        "simplify it (avoid nested repetition such as (a|aa)+)")
+
+
+def results_dir_for(config, configs_dir="configs", results_dir="results"):
+    """Return the results folder of a config: results/<path under configs/ without .yaml>."""
+    rel = config
+    prefix = configs_dir.rstrip("/") + "/"
+    if rel.startswith(prefix):
+        rel = rel[len(prefix):]
+    if rel.endswith(".yaml"):
+        rel = rel[: -len(".yaml")]
+    return f"{results_dir}/{rel}"
+
+
+def read_config(workspace, config):
+    """Return a config file's text, or raise NotFound."""
+    from .errors import NotFound
+
+    path = os.path.join(workspace, config)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        raise NotFound(f"config {config} not found in the workspace") from None

@@ -1,0 +1,649 @@
+"""The engine: one thread that owns every state transition of the queue.
+
+Callers (the web layer, the CLI) hand it commands through a thread-safe queue and get a
+Future back; a task's exit, reported by the executor's watcher, wakes it the same way, and
+the freed slot is refilled at once. Nothing here sleeps on a fixed period.
+"""
+
+import bisect
+import fcntl
+import logging
+import os
+import queue
+import shlex
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from . import configs as configs_mod
+from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
+from .executors import LaunchSpec
+from .task import (CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES, RUNNING,
+                   SKIPPED, SUCCEEDED, DeviceState, Pending, order_key, pick_from_queues)
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("python", "config", "name", "results", "gpu", "task_id", "device", "batch_id")
+STATE_DIR = ".slotrun"
+
+
+def state_dir(workspace):
+    """Return the engine's own folder inside a workspace."""
+    return os.path.join(workspace, STATE_DIR)
+
+
+def gpu_index(device_id):
+    """Return the GPU index of a device id ("gpu3", "node-a/gpu3"), or None for the CPU."""
+    local = device_id.rsplit("/", 1)[-1]
+    if local.startswith("gpu") and local[3:].isdigit():
+        return int(local[3:])
+    return None
+
+
+def check_template(template):
+    """Split a command template into arguments, or raise an error naming what is valid."""
+    if not isinstance(template, str) or not template.strip():
+        raise SlotrunError("command must be a non-empty string such as '{python} run.py -c {config}'")
+    try:
+        parts = shlex.split(template)
+    except ValueError as e:
+        raise SlotrunError(f"command {template!r} cannot be split into arguments: {e}") from None
+    dummy = {k: "x" for k in PLACEHOLDERS}
+    for p in parts:
+        try:
+            p.format_map(dummy)
+        except KeyError as e:
+            raise SlotrunError(
+                f"command {template!r} has an unknown placeholder {{{e.args[0]}}}; valid: "
+                + ", ".join("{" + k + "}" for k in PLACEHOLDERS)) from None
+        except (ValueError, IndexError) as e:
+            raise SlotrunError(f"command {template!r} is not a valid template ({e}); "
+                               "write {{ and }} for literal braces") from None
+    return parts
+
+
+def render_command(template, values):
+    """Return the argument list of a template filled with ``values``."""
+    return [p.format_map(values) for p in shlex.split(template)]
+
+
+@dataclass
+class Running:
+    """A task the engine is watching."""
+
+    task_id: int
+    attempt_id: int
+    batch_id: int
+    owner: str
+    device: str
+    slot: int
+    handle: object
+    config: str
+    started_at: float
+    stop_reason: str = ""  # "cancel" or "interrupt" once a stop was asked for
+
+
+@dataclass
+class Queued:
+    """What the engine keeps in memory about a queued task."""
+
+    pending: Pending
+    batch_id: int
+    config: str
+    attempts: int
+
+
+@dataclass
+class BatchInfo:
+    """What the engine keeps about a batch while it has active tasks."""
+
+    id: int
+    command: str
+    use_gpu: bool
+    overwrite: bool
+    max_retries: int = 0
+    own: bool = True
+    counts: dict = field(default_factory=dict)
+
+
+class Engine:
+    """The scheduler of one workspace."""
+
+    def __init__(self, settings, store, inventory, publish=None, executor=None,
+                 only_own_batches=False, limits=None):
+        self.settings = settings
+        self.workspace = settings["workspace"]
+        self.store = store
+        self.inventory = inventory
+        self.publish = publish or (lambda event, payload: None)
+        self.only_own = only_own_batches
+        self._q = queue.SimpleQueue()
+        self._thread = None
+        self._lock_fd = None
+        self._stopping = None
+        self._stopped = threading.Event()
+        self.paused = False
+        if executor is None:
+            from .executors import make_executor
+
+            executor = make_executor(settings.get("executor", "local"), settings, self._exited)
+        else:
+            executor.on_exit = self._exited
+        self.executor = executor
+        self.queued = {}  # task id -> Queued
+        self.queues = {}  # owner -> [Pending] sorted by order_key
+        self.running = {}  # task id -> Running
+        self.batches = {}  # batch id -> BatchInfo
+        self.limits = {}
+        self._fixed_limits = limits  # {device: slots} for this run only (not stored)
+        self.devices = []  # device ids, GPUs first
+        self.gpu_devices = []
+        self._usage = {}
+        self.node = os.uname().nodename
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self):
+        """Take the workspace lock, recover state, and start the scheduler thread."""
+        self._acquire_lock()
+        try:
+            snap = self.inventory.snapshot()
+            self.devices = [d.id for d in snap]
+            self.gpu_devices = [d.id for d in snap if d.kind == "gpu"]
+            stored = self.store.device_limits()
+            if self._fixed_limits is not None:
+                stored = {d: self._fixed_limits.get(d, 0) for d in self.devices}
+            for d in self.devices:
+                default = self.settings["cpu_slots"] if d == CPU else self.settings["gpu_slots"]
+                self.limits[d] = stored.get(d, default)
+            self._recover()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._publish_usage()
+        self._thread = threading.Thread(target=self._loop, name="slotrun-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, kill_tasks=False, timeout=None):
+        """Stop the engine.
+
+        ``kill_tasks``: stop this engine's running tasks (they become interrupted) and
+        cancel its queued ones; otherwise tasks keep running and the next engine re-adopts
+        them. Returns once the scheduler thread has ended.
+        """
+        if self._thread is None:
+            return
+        if timeout is None:
+            timeout = float(self.settings["kill_grace"]) + 10
+        done = Future()
+        self._q.put(("stop", kill_tasks, done))
+        self._stopped.wait(timeout)
+        self._thread.join(timeout=1)
+        self.executor.close()
+        self._release_lock()
+        self._thread = None
+
+    def _acquire_lock(self):
+        folder = state_dir(self.workspace)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "engine.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(fd)
+            raise WorkspaceLocked(
+                f"workspace {self.workspace} is already in use by another slotrun engine "
+                f"({holder or 'unknown process'}); stop it first or use another --workspace") from None
+        os.ftruncate(fd, 0)
+        cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:6]))
+        os.pwrite(fd, f"pid {os.getpid()}: {cmd}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    # -- commands (any thread) ---------------------------------------------------------------
+
+    def _call(self, fn, *args):
+        fut = Future()
+        if self._thread is None or self._stopping is not None:
+            fut.set_exception(Conflict("the engine is not running"))
+            return fut
+        self._q.put(("call", fn, args, fut))
+        return fut
+
+    def call(self, fn, *args, timeout=60):
+        """Run ``fn(*args)`` on the scheduler thread and return its result."""
+        return self._call(fn, *args).result(timeout)
+
+    def submit(self, configs, owner, use_gpu=True, devices=None, overwrite=False, command=None,
+               pattern="", priority=0, memory=0, max_retries=0):
+        """Queue a batch of configs; return {"id", "tasks"} once it is recorded."""
+        command = command or self.settings["command"]
+        check_template(command)
+        devices = self.check_devices(use_gpu, devices)
+        if not configs:
+            raise SlotrunError(f"no config matches {pattern!r}; nothing to run")
+        if len(configs) > int(self.settings["max_batch_tasks"]):
+            raise SlotrunError(f"a batch may hold at most {self.settings['max_batch_tasks']} tasks, "
+                               f"not {len(configs)}")
+        spec = dict(owner=owner, pattern=pattern, use_gpu=bool(use_gpu), devices=devices,
+                    overwrite=bool(overwrite), command=command, priority=int(priority),
+                    memory=int(memory), max_retries=int(max_retries))
+        return self.call(self._submit, spec, list(configs))
+
+    def check_devices(self, use_gpu, devices):
+        """Return the device ids a batch may use, or raise an error naming the valid ones."""
+        if not use_gpu:
+            if devices and list(devices) != [CPU]:
+                raise SlotrunError(f"a CPU batch runs on the device 'cpu' only, not {devices}")
+            return [CPU]
+        if not self.gpu_devices:
+            from .devices import NO_GPU_MESSAGE
+
+            raise SlotrunError(NO_GPU_MESSAGE)
+        if devices is None:
+            return list(self.gpu_devices)
+        if not isinstance(devices, (list, tuple)) or not devices:
+            raise SlotrunError("devices must be a non-empty list of GPU ids; valid: "
+                               + ", ".join(self.gpu_devices))
+        bad = [d for d in devices if d not in self.gpu_devices]
+        if bad:
+            raise SlotrunError(f"unknown GPU {bad[0]!r}; valid: " + ", ".join(self.gpu_devices))
+        return list(dict.fromkeys(devices))
+
+    def cancel_task(self, task_id):
+        """Cancel a queued or running task; return its row."""
+        return self.call(self._cancel_task, int(task_id))
+
+    def cancel_batch(self, batch_id):
+        """Cancel every queued and running task of a batch; return how many were affected."""
+        return self.call(self._cancel_batch, int(batch_id))
+
+    def retry(self, task_id):
+        """Queue a failed, cancelled or interrupted task again; return its row."""
+        return self.call(self._retry, int(task_id))
+
+    def set_slots(self, device, slots):
+        """Set a device's slot limit (effective for the next start); return the usage."""
+        if device not in self.limits:
+            raise NotFound(f"device {device!r} not found; valid: " + ", ".join(self.devices))
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0 or slots > 1000:
+            raise SlotrunError(f"slots must be a whole number from 0 to 1000, not {slots!r}")
+        return self.call(self._set_slots, device, slots)
+
+    def set_paused(self, paused):
+        """Pause or resume starting new tasks."""
+        return self.call(self._set_paused, bool(paused))
+
+    def usage(self):
+        """Return {device: {"slots": limit, "running": n}} (a consistent copy)."""
+        return self._usage
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def _loop(self):
+        backoff = 0.05
+        while True:
+            try:
+                item = self._q.get()
+                self._handle(item)
+                while True:
+                    try:
+                        item = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._handle(item)
+                if self._stopping is not None:
+                    if self._finish_stop():
+                        return
+                    continue
+                self._dispatch()
+                backoff = 0.05
+            except Exception:  # noqa: BLE001 - the scheduler thread must never die silently
+                log.exception("scheduler step failed; retrying in %.2f s", backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+
+    def _handle(self, item):
+        kind = item[0]
+        if kind == "exit":
+            self._on_exit(item[1], item[2])
+        elif kind == "call":
+            _, fn, args, fut = item
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                fut.set_exception(e)
+        elif kind == "stop":
+            _, kill, done = item
+            if self._stopping is None:
+                self._stopping = (kill, time.monotonic())
+                if kill:
+                    self._interrupt_own()
+        elif kind == "wake":
+            pass
+
+    def _finish_stop(self):
+        kill, since = self._stopping
+        if kill and any(r.stop_reason for r in self.running.values()):
+            grace = float(self.settings["kill_grace"]) + 5
+            if time.monotonic() - since < grace:
+                return False  # wait for the stopped tasks' exits (they wake this thread)
+        self._stopped.set()
+        return True
+
+    def _exited(self, handle, code):
+        self._q.put(("exit", handle, code))
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def _recover(self):
+        for rec in self.store.running_attempts():
+            handle, code = self.executor.adopt(rec)
+            if handle is not None:
+                self.running[rec["task_id"]] = Running(
+                    rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
+                    rec["slot"], handle, rec["config"], rec["started_at"])
+                self._note_batch(rec["batch_id"], own=False)
+                log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
+                continue
+            if code is None:
+                state, message = INTERRUPTED, "the engine stopped and the process was lost"
+            elif code == 0:
+                state, message = SUCCEEDED, None
+            else:
+                state, message = FAILED, f"exit code {code}"
+            finished = _mtime(os.path.join(rec["run_dir"], "exit")) or time.time()
+            self.store.finish_attempt(rec["id"], rec["task_id"], state, code, message, finished)
+            if state == SUCCEEDED:
+                self._mark_done(rec["config"])
+        if self.only_own:
+            return  # a headless run starts only what it submits; other queued work waits
+        for t in self.store.queued_tasks():
+            self._note_batch(t["batch_id"], own=False)
+            self._enqueue(t)
+
+    def _note_batch(self, batch_id, own):
+        info = self.batches.get(batch_id)
+        if info is None:
+            b = self.store.get_batch(batch_id)
+            info = BatchInfo(batch_id, b["command"], b["use_gpu"], b["overwrite"],
+                             b.get("max_retries", 0), own)
+            self.batches[batch_id] = info
+        return info
+
+    # -- queue bookkeeping -------------------------------------------------------------------------
+
+    def _enqueue(self, t):
+        p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"])
+        self.queued[p.id] = Queued(p, t["batch_id"], t["config"], t["attempts"])
+        q = self.queues.setdefault(p.owner, [])
+        if not q or order_key(p) > order_key(q[-1]):
+            q.append(p)
+        else:
+            bisect.insort(q, p, key=order_key)
+
+    def _dequeue(self, task_id):
+        item = self.queued.pop(task_id, None)
+        if item is None:
+            return None
+        q = self.queues.get(item.pending.owner, [])
+        i = bisect.bisect_left(q, order_key(item.pending), key=order_key)
+        if i < len(q) and q[i].id == task_id:
+            del q[i]
+        else:
+            q[:] = [x for x in q if x.id != task_id]
+        if not q:
+            self.queues.pop(item.pending.owner, None)
+        return item
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self):
+        if self.paused or not self.queued:
+            return
+        running = {}
+        by_owner = {}
+        for r in self.running.values():
+            running[r.device] = running.get(r.device, 0) + 1
+            by_owner[r.owner] = by_owner.get(r.owner, 0) + 1
+        states = {d: DeviceState(d, self.limits.get(d, 0), running.get(d, 0)) for d in self.devices}
+        for placement in pick_from_queues(self.queues, states, by_owner):
+            self._start(placement.task_id, placement.device)
+        self._publish_usage()
+
+    def _start(self, task_id, device):
+        item = self._dequeue(task_id)
+        batch = self.batches[item.batch_id]
+        used = {r.slot for r in self.running.values() if r.device == device}
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        number = item.attempts + 1
+        run_dir = os.path.join(state_dir(self.workspace), "runs", str(task_id), str(number))
+        config = item.config
+        results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
+                                              self.settings["results_dir"])
+        cfg_arg = self._config_as_submitted(task_id, config, run_dir)
+        idx = gpu_index(device)
+        values = {"python": sys.executable, "config": cfg_arg, "name": os.path.basename(config)[:-5],
+                  "results": results, "gpu": "" if idx is None else str(idx),
+                  "task_id": str(task_id), "device": device, "batch_id": str(item.batch_id)}
+        now = time.time()
+        try:
+            argv = render_command(batch.command, values)
+        except (KeyError, ValueError) as e:
+            argv, error = [], f"command template cannot be filled: {e}"
+        else:
+            error = None
+        attempt_id = self.store.start_attempt(task_id, number, device, slot, self.node, run_dir,
+                                              argv, now)
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+               "CUDA_VISIBLE_DEVICES": "" if idx is None else str(idx),
+               "SLOTRUN_TASK_ID": str(task_id), "SLOTRUN_ATTEMPT": str(number),
+               "SLOTRUN_CONFIG": config, "SLOTRUN_RESULTS": os.path.join(self.workspace, results),
+               "SLOTRUN_DEVICE": device, "PYTHONUNBUFFERED": "1"}
+        spec = LaunchSpec(task_id, attempt_id, argv, self.workspace, run_dir, env, device, self.node)
+        handle = None
+        if error is None:
+            try:
+                handle = self.executor.start(spec)
+            except (OSError, SlotrunError) as e:
+                error = f"could not start the task: {e}"
+        if handle is None:
+            self.store.finish_attempt(attempt_id, task_id, FAILED, None, error, time.time())
+            self._emit_task(task_id)
+            return
+        self.store.set_attempt_process(attempt_id, handle.pid, handle.pid_start, handle.boot_id)
+        self.running[task_id] = Running(task_id, attempt_id, item.batch_id, item.pending.owner,
+                                        device, slot, handle, config, now)
+        self._emit_task(task_id)
+
+    def _config_as_submitted(self, task_id, config, run_dir):
+        """Return the config path to run: the file itself, or a snapshot if it changed since."""
+        snapshot = self.store.config_snapshot(task_id)
+        if snapshot is None:
+            return config
+        try:
+            with open(os.path.join(self.workspace, config), encoding="utf-8", errors="replace") as f:
+                current = f.read()
+        except OSError:
+            current = None
+        if current == snapshot:
+            return config
+        os.makedirs(run_dir, exist_ok=True)
+        path = os.path.join(run_dir, os.path.basename(config))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(snapshot)
+        return os.path.relpath(path, self.workspace)
+
+    def _on_exit(self, handle, code):
+        r = self.running.get(handle.task_id)
+        if r is None or r.attempt_id != handle.attempt_id:
+            return
+        del self.running[handle.task_id]
+        if r.stop_reason == "cancel":
+            state, message = CANCELLED, "cancelled while running"
+        elif r.stop_reason == "interrupt":
+            state, message = INTERRUPTED, "stopped when the engine was stopped"
+        elif code is None:
+            state, message = INTERRUPTED, getattr(handle, "lost_reason", "") or \
+                "the process ended without recording an exit code"
+        elif code == 0:
+            state, message = SUCCEEDED, None
+        else:
+            state, message = FAILED, f"exit code {code}"
+        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, time.time())
+        if state == SUCCEEDED:
+            self._mark_done(r.config)
+        batch = self.batches.get(r.batch_id)
+        if state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries:
+            t = self.store.get_task(r.task_id)
+            if t["attempts"] <= batch.max_retries:
+                self._enqueue(self.store.requeue(r.task_id))
+        self._emit_task(r.task_id)
+
+    def _mark_done(self, config):
+        folder = os.path.join(self.workspace, configs_mod.results_dir_for(
+            config, self.settings["configs_dir"], self.settings["results_dir"]))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, self.settings["done_marker"]), "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            log.warning("could not write the done marker in %s: %s", folder, e)
+
+    # -- command bodies (scheduler thread) ----------------------------------------------------
+
+    def _submit(self, spec, configs):
+        marker = self.settings["done_marker"]
+        tasks = []
+        for config in configs:
+            results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
+                                                  self.settings["results_dir"])
+            done = os.path.exists(os.path.join(self.workspace, results, marker))
+            try:
+                with open(os.path.join(self.workspace, config), encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                text = None
+            if done and not spec["overwrite"]:
+                tasks.append(dict(config=config, config_text=text, state=SKIPPED,
+                                  devices=spec["devices"], memory=spec["memory"],
+                                  message=f"results already complete ({results})"))
+            else:
+                tasks.append(dict(config=config, config_text=text, state=QUEUED,
+                                  devices=spec["devices"], memory=spec["memory"]))
+        batch_id, rows = self.store.create_batch(spec, tasks)
+        info = BatchInfo(batch_id, spec["command"], spec["use_gpu"], spec["overwrite"],
+                         spec["max_retries"], True)
+        self.batches[batch_id] = info
+        for t in rows:
+            if t["state"] == QUEUED:
+                self._enqueue(t)
+        self.publish("batch", {"id": batch_id, "owner": spec["owner"], "total": len(rows)})
+        for t in rows:
+            self._emit(t)
+        return {"id": batch_id, "tasks": rows}
+
+    def _cancel_task(self, task_id):
+        t = self.store.get_task(task_id)
+        if task_id in self.queued:
+            self._dequeue(task_id)
+            self.store.finish_queued([task_id], CANCELLED, "cancelled before it started")
+        elif task_id in self.running:
+            self._stop_running(self.running[task_id], "cancel")
+        else:
+            raise Conflict(f"task {task_id} is {t['state']}; only queued or running tasks can be "
+                           "cancelled")
+        return self._emit_task(task_id)
+
+    def _cancel_batch(self, batch_id):
+        self.store.get_batch(batch_id)
+        queued = [tid for tid, q in self.queued.items() if q.batch_id == batch_id]
+        for tid in queued:
+            self._dequeue(tid)
+        self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
+        running = [r for r in self.running.values() if r.batch_id == batch_id]
+        for r in running:
+            self._stop_running(r, "cancel")
+        for tid in queued:
+            self._emit_task(tid)
+        return {"cancelled": len(queued), "stopping": len(running)}
+
+    def _stop_running(self, r, reason):
+        if not r.stop_reason:
+            r.stop_reason = reason
+            self.executor.stop(r.handle, float(self.settings["kill_grace"]))
+
+    def _interrupt_own(self):
+        own = {b for b, info in self.batches.items() if info.own}
+        queued = [tid for tid, q in self.queued.items() if q.batch_id in own]
+        for tid in queued:
+            self._dequeue(tid)
+        self.store.finish_queued(queued, CANCELLED, "not started: the engine was stopped")
+        for tid in queued:
+            self._emit_task(tid)
+        for r in list(self.running.values()):
+            if r.batch_id in own:
+                self._stop_running(r, "interrupt")
+
+    def _retry(self, task_id):
+        t = self.store.get_task(task_id)
+        if t["state"] not in RETRYABLE_STATES:
+            raise Conflict(f"task {task_id} is {t['state']}; only "
+                           + ", ".join(sorted(RETRYABLE_STATES)) + " tasks can be retried")
+        self._note_batch(t["batch_id"], own=True)
+        row = self.store.requeue(task_id)
+        self._enqueue(row)
+        self._emit(row)
+        return row
+
+    def _set_slots(self, device, slots):
+        if self._fixed_limits is None:
+            self.store.set_device_limit(device, slots)
+        self.limits[device] = slots
+        self._publish_usage(force=True)
+        return self._usage[device]
+
+    def _set_paused(self, paused):
+        self.paused = paused
+        self.publish("queue", {"paused": paused})
+        return paused
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _emit_task(self, task_id):
+        t = self.store.get_task(task_id)
+        self._emit(t)
+        return t
+
+    def _emit(self, t):
+        self.publish("task", t)
+
+    def _publish_usage(self, force=False):
+        counts = {}
+        for r in self.running.values():
+            counts[r.device] = counts.get(r.device, 0) + 1
+        usage = {d: {"slots": self.limits.get(d, 0), "running": counts.get(d, 0)}
+                 for d in self.devices}
+        if force or usage != self._usage:
+            self._usage = usage
+            self.publish("slots", usage)
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None

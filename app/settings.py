@@ -1,0 +1,142 @@
+"""Settings, declared once as (name, default, help).
+
+Values come, later ones winning, from the defaults, the workspace's
+``slotrun.yaml`` (or ``--settings FILE``), environment variables ``SLOTRUN_<NAME>``
+and explicit overrides (command-line options, a test's config dict).
+"""
+
+import os
+from dataclasses import dataclass
+
+from .errors import SlotrunError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting."""
+
+    name: str
+    default: object
+    help: str
+    type: type = str
+
+
+SETTINGS = (
+    Setting("workspace", ".", "Workspace folder holding configs/, models/, run.py and results/."),
+    Setting("command", "{python} run.py -c {config}",
+            "Task command template, split into arguments (never run through a shell). "
+            "Placeholders: {python} (this interpreter), {config} (config path relative to the "
+            "workspace), {name} (config name without .yaml), {results} (its results folder), "
+            "{gpu} (GPU index, empty on CPU), {task_id}."),
+    Setting("configs_dir", "configs", "Folder of experiment configs, relative to the workspace."),
+    Setting("results_dir", "results", "Folder of results, relative to the workspace."),
+    Setting("done_marker", ".done",
+            "File written in a task's results folder once it succeeded; a config whose marker "
+            "exists is skipped unless overwrite is asked for."),
+    Setting("kill_grace", 5.0, "Seconds between SIGTERM and SIGKILL when stopping a task.", float),
+    Setting("cpu_slots", 1, "Default number of CPU slots.", int),
+    Setting("gpu_slots", 1, "Default number of slots on each GPU.", int),
+    Setting("fake_gpus", 0, "Number of simulated GPUs (SLOTRUN_FAKE_GPUS) when NVML finds none.", int),
+    Setting("host", "127.0.0.1", "Address the dashboard binds to."),
+    Setting("port", 5000, "Port the dashboard listens on.", int),
+    Setting("device_refresh", 2.0, "Seconds between device figure refreshes on the dashboard.", float),
+    Setting("log_push_interval", 0.25, "Seconds between coalesced log-tail pushes to browsers.", float),
+    Setting("log_push_max_bytes", 65536, "Most bytes of log pushed to a browser per interval.", int),
+    Setting("page_size", 50, "Tasks per page in the dashboard and the API.", int),
+    Setting("executor", "local", "Executor that starts task processes: local or ray."),
+    Setting("ray_address", "auto", "Ray cluster address for the ray executor."),
+    Setting("auth", True, "Require logins and API tokens (turn off only on 127.0.0.1).", bool),
+    Setting("secret_key", "", "Flask secret key; generated and kept in .slotrun/ when empty."),
+    Setting("max_regex_length", 500, "Longest config pattern accepted from the dashboard or API.", int),
+    Setting("regex_timeout", 0.5, "Seconds a config pattern may spend matching before it is refused.", float),
+    Setting("max_batch_tasks", 100000, "Most tasks one batch may hold.", int),
+    Setting("memory_margin", "512MiB", "Free GPU memory kept in reserve above a task's expected need."),
+    Setting("admission", True, "Start a GPU task only when its expected memory fits.", bool),
+    Setting("progress_pattern", r"step (\d+)/(\d+)",
+            "Regex whose two groups (done, total) give a task's progress from its log."),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value, what="value"):
+    """Return the boolean a user meant by true/false/yes/no/1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise SlotrunError(f"{what} must be true or false, not {value!r}")
+
+
+def coerce(setting, value):
+    """Return ``value`` converted to the setting's type, or raise a clear error."""
+    if setting.type is bool:
+        return parse_bool(value, setting.name)
+    try:
+        return setting.type(value)
+    except (TypeError, ValueError):
+        raise SlotrunError(
+            f"setting {setting.name} must be {setting.type.__name__}, not {value!r}") from None
+
+
+def load(overrides=None, environ=None, settings_file=None):
+    """Return a dict of every setting's value."""
+    environ = os.environ if environ is None else environ
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = {s.name: s.default for s in SETTINGS}
+    workspace = overrides.get("workspace") or environ.get("SLOTRUN_WORKSPACE") or "."
+    path = settings_file or os.path.join(workspace, "slotrun.yaml")
+    if os.path.isfile(path):
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise SlotrunError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise SlotrunError(f"{path} must hold a mapping of setting: value")
+        for key, value in data.items():
+            if key not in BY_NAME:
+                raise SlotrunError(
+                    f"{path}: unknown setting {key!r}; valid: {', '.join(sorted(BY_NAME))}")
+            values[key] = coerce(BY_NAME[key], value)
+    for s in SETTINGS:
+        env = environ.get("SLOTRUN_" + s.name.upper())
+        if env not in (None, ""):
+            values[s.name] = coerce(s, env)
+    for key, value in overrides.items():
+        if key in BY_NAME:
+            values[key] = coerce(BY_NAME[key], value)
+        else:
+            values[key] = value
+    values["workspace"] = os.path.abspath(values["workspace"])
+    return values
+
+
+def parse_size(text):
+    """Return a byte count from 6GiB / 512MiB / 1.5GB / 1024 (bytes)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise SlotrunError(f"a memory size cannot be negative: {text}")
+        return int(text)
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+             "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+             "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+    s = str(text).strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = None
+    if value is None or unit not in units or value < 0:
+        raise SlotrunError(
+            f"not a memory size: {text!r}; write e.g. 6GiB, 512MiB, 1.5GB or a byte count")
+    return int(value * units[unit])

@@ -1,0 +1,323 @@
+"""The durable queue: every SQL statement of slotrun lives in this module.
+
+SQLite in WAL mode; one connection per thread; every write is one transaction.
+"""
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from importlib import resources
+
+from .errors import NotFound
+from .task import ACTIVE_STATES, FINAL_STATES, QUEUED, RUNNING, STATES
+
+TASK_COLUMNS = ("id, batch_id, owner, config, state, priority, seq, devices, memory, device, slot, "
+                "attempts, queued_at, started_at, finished_at, exit_code, message, argv")
+
+
+def _task(row):
+    if row is None:
+        return None
+    d = dict(row)
+    d["devices"] = json.loads(d["devices"])
+    d["argv"] = json.loads(d["argv"]) if d.get("argv") else None
+    d["batch"] = d["batch_id"]
+    d["duration"] = (d["finished_at"] or time.time()) - d["started_at"] if d["started_at"] else None
+    return d
+
+
+def _batch(row):
+    if row is None:
+        return None
+    d = dict(row)
+    d["devices"] = json.loads(d["devices"])
+    d["use_gpu"] = bool(d["use_gpu"])
+    d["overwrite"] = bool(d["overwrite"])
+    return d
+
+
+class Store:
+    """The SQLite state of one workspace."""
+
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._local = threading.local()
+        schema = resources.files("app").joinpath("schema.sql").read_text(encoding="utf-8")
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(schema)
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def _write(self):
+        return _Tx(self._conn())
+
+    def close(self):
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key, default=None):
+        """Return a stored meta value."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key, value):
+        """Store a meta value."""
+        with self._write() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
+                      "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, str(value)))
+
+    # -- batches and tasks ----------------------------------------------------------------
+
+    def create_batch(self, batch, tasks):
+        """Insert a batch and its tasks in one transaction; return (batch_id, task rows).
+
+        ``tasks``: dicts with config, config_text, state, devices, memory (and message).
+        """
+        now = time.time()
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO batches(owner, pattern, use_gpu, devices, overwrite, command, "
+                "priority, memory, max_retries, total, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                (batch["owner"], batch["pattern"], int(batch["use_gpu"]),
+                 json.dumps(batch["devices"]), int(batch["overwrite"]), batch["command"],
+                 int(batch.get("priority", 0)), int(batch.get("memory", 0)),
+                 int(batch.get("max_retries", 0)), len(tasks), now))
+            batch_id = cur.lastrowid
+            seq0 = c.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0] + 1
+            rows = [(batch_id, batch["owner"], t["config"], t.get("config_text"), t["state"],
+                     int(batch.get("priority", 0)), seq0 + i, json.dumps(t["devices"]),
+                     int(t.get("memory", 0)), now, now if t["state"] in FINAL_STATES else None,
+                     t.get("message"))
+                    for i, t in enumerate(tasks)]
+            c.executemany(
+                "INSERT INTO tasks(batch_id, owner, config, config_text, state, priority, seq, "
+                "devices, memory, queued_at, finished_at, message) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows)
+            first = c.execute("SELECT MIN(id) FROM tasks WHERE batch_id=?", (batch_id,)).fetchone()[0]
+        out = self._conn().execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE batch_id=? AND id>=? ORDER BY id",
+            (batch_id, first or 0)).fetchall()
+        return batch_id, [_task(r) for r in out]
+
+    def get_batch(self, batch_id):
+        """Return one batch with its counts per state, or raise NotFound."""
+        row = self._conn().execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"batch {batch_id} not found")
+        b = _batch(row)
+        b["counts"] = self.batch_counts([batch_id]).get(batch_id, {})
+        return b
+
+    def batch_counts(self, batch_ids):
+        """Return {batch_id: {state: n}} for the given batches."""
+        if not batch_ids:
+            return {}
+        out = {b: {} for b in batch_ids}
+        marks = ",".join("?" * len(batch_ids))
+        for row in self._conn().execute(
+                f"SELECT batch_id, state, COUNT(*) FROM tasks WHERE batch_id IN ({marks}) "
+                "GROUP BY batch_id, state", list(batch_ids)):
+            out[row[0]][row[1]] = row[2]
+        return out
+
+    def batch_durations(self, batch_id):
+        """Return (count, mean seconds) of the batch's finished attempts that ran to an end."""
+        row = self._conn().execute(
+            "SELECT COUNT(*), AVG(finished_at - started_at) FROM tasks WHERE batch_id=? AND "
+            "state IN ('succeeded', 'failed') AND started_at IS NOT NULL", (batch_id,)).fetchone()
+        return row[0], row[1]
+
+    def list_batches(self, limit=50, offset=0, owner=None):
+        """Return batches, newest first, with their counts per state."""
+        sql = "SELECT * FROM batches"
+        args = []
+        if owner:
+            sql += " WHERE owner=?"
+            args.append(owner)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        rows = [_batch(r) for r in self._conn().execute(sql, args + [limit, offset])]
+        counts = self.batch_counts([b["id"] for b in rows])
+        for b in rows:
+            b["counts"] = counts.get(b["id"], {})
+        return rows
+
+    def count_batches(self):
+        """Return the number of batches."""
+        return self._conn().execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+
+    def get_task(self, task_id, with_text=False):
+        """Return one task, or raise NotFound."""
+        cols = TASK_COLUMNS + (", config_text" if with_text else "")
+        row = self._conn().execute(f"SELECT {cols} FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return _task(row)
+
+    def list_tasks(self, batch_id=None, state=None, limit=50, offset=0, newest_first=True):
+        """Return (tasks, total) filtered by batch and state."""
+        where, args = [], []
+        if batch_id is not None:
+            where.append("batch_id=?")
+            args.append(batch_id)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        order = "DESC" if newest_first else "ASC"
+        conn = self._conn()
+        rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks{clause} ORDER BY id {order} "
+                            "LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
+        total = conn.execute(f"SELECT COUNT(*) FROM tasks{clause}", args).fetchone()[0]
+        return [_task(r) for r in rows], total
+
+    def state_counts(self):
+        """Return {state: n} over every task."""
+        return {r[0]: r[1] for r in self._conn().execute(
+            "SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+
+    def queued_tasks(self):
+        """Return every queued task in queue order (for the scheduler's start-up)."""
+        return [_task(r) for r in self._conn().execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state=? ORDER BY seq", (QUEUED,))]
+
+    def config_snapshot(self, task_id):
+        """Return the YAML text a task was submitted with."""
+        row = self._conn().execute("SELECT config_text FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return row[0]
+
+    def start_attempt(self, task_id, number, device, slot, node, run_dir, argv, started_at):
+        """Mark a task running and record its new attempt (before its process starts)."""
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO attempts(task_id, number, state, device, slot, node, run_dir, argv, "
+                "started_at) VALUES(?,?,?,?,?,?,?,?,?)",
+                (task_id, number, RUNNING, device, slot, node, run_dir, json.dumps(argv), started_at))
+            c.execute("UPDATE tasks SET state=?, device=?, slot=?, attempts=?, started_at=?, "
+                      "finished_at=NULL, exit_code=NULL, message=NULL, argv=? WHERE id=?",
+                      (RUNNING, device, slot, number, started_at, json.dumps(argv), task_id))
+            return cur.lastrowid
+
+    def set_attempt_process(self, attempt_id, pid, pid_start, boot_id):
+        """Record the process of a started attempt."""
+        with self._write() as c:
+            c.execute("UPDATE attempts SET pid=?, pid_start=?, boot_id=? WHERE id=?",
+                      (pid, pid_start, boot_id, attempt_id))
+
+    def finish_attempt(self, attempt_id, task_id, state, exit_code, message, finished_at,
+                       peak_memory=None):
+        """Record how an attempt ended and move its task to that state."""
+        with self._write() as c:
+            c.execute("UPDATE attempts SET state=?, exit_code=?, message=?, finished_at=?, "
+                      "peak_memory=COALESCE(?, peak_memory) WHERE id=?",
+                      (state, exit_code, message, finished_at, peak_memory, attempt_id))
+            c.execute("UPDATE tasks SET state=?, exit_code=?, message=?, finished_at=? WHERE id=?",
+                      (state, exit_code, message, finished_at, task_id))
+
+    def finish_queued(self, task_ids, state, message=None):
+        """Move queued tasks straight to a final state (cancelled before they started)."""
+        now = time.time()
+        with self._write() as c:
+            c.executemany("UPDATE tasks SET state=?, message=?, finished_at=? WHERE id=? AND state=?",
+                          [(state, message, now, t, QUEUED) for t in task_ids])
+
+    def requeue(self, task_id, front=False):
+        """Put a finished task back in the queue (at the end, or the front); return its row."""
+        with self._write() as c:
+            if front:
+                seq = c.execute("SELECT COALESCE(MIN(seq), 0) - 1 FROM tasks").fetchone()[0]
+            else:
+                seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks").fetchone()[0]
+            c.execute("UPDATE tasks SET state=?, seq=?, queued_at=?, device=NULL, slot=NULL, "
+                      "started_at=NULL, finished_at=NULL, exit_code=NULL, message=NULL WHERE id=?",
+                      (QUEUED, seq, time.time(), task_id))
+        return self.get_task(task_id)
+
+    def running_attempts(self):
+        """Return the attempts recorded as running, with their task's batch (for re-adoption)."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT a.*, t.batch_id, t.owner, t.config FROM attempts a JOIN tasks t "
+            "ON t.id=a.task_id WHERE a.state=? ORDER BY a.id", (RUNNING,))]
+
+    def attempts(self, task_id):
+        """Return a task's attempts, first first."""
+        rows = self._conn().execute("SELECT * FROM attempts WHERE task_id=? ORDER BY number",
+                                    (task_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["argv"] = json.loads(d["argv"])
+            out.append(d)
+        return out
+
+    def latest_attempt(self, task_id):
+        """Return a task's latest attempt, or None."""
+        row = self._conn().execute("SELECT * FROM attempts WHERE task_id=? ORDER BY number DESC "
+                                   "LIMIT 1", (task_id,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["argv"] = json.loads(d["argv"])
+        return d
+
+    def active_task_ids(self, batch_id):
+        """Return the ids of a batch's queued and running tasks."""
+        marks = ",".join("?" * len(ACTIVE_STATES))
+        return [r[0] for r in self._conn().execute(
+            f"SELECT id FROM tasks WHERE batch_id=? AND state IN ({marks})",
+            [batch_id, *ACTIVE_STATES])]
+
+    # -- device limits ------------------------------------------------------------------
+
+    def device_limits(self):
+        """Return {device id: slots} as last set."""
+        return {r[0]: r[1] for r in self._conn().execute("SELECT device, slots FROM device_limits")}
+
+    def set_device_limit(self, device, slots):
+        """Store a device's slot limit."""
+        with self._write() as c:
+            c.execute("INSERT INTO device_limits(device, slots) VALUES(?, ?) "
+                      "ON CONFLICT(device) DO UPDATE SET slots=excluded.slots", (device, int(slots)))
+
+
+class _Tx:
+    """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+        return False
+
+
+def valid_state(state):
+    """Return True for a known task state."""
+    return state in STATES

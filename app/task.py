@@ -1,0 +1,144 @@
+"""Task states, plain records and the pure "pick next" rule of the scheduler.
+
+Nothing here does I/O: the scheduler feeds these functions what it knows and acts
+on what they return, so they can be tested exhaustively.
+"""
+
+from dataclasses import dataclass, field
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+SKIPPED = "skipped"
+
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED, SKIPPED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED, SKIPPED})
+RETRYABLE_STATES = frozenset({FAILED, CANCELLED, INTERRUPTED})
+ACTIVE_STATES = frozenset({QUEUED, RUNNING})
+
+CPU = "cpu"
+
+
+def device_kind(device_id):
+    """Return "cpu" or "gpu" for a device id such as "cpu", "gpu3" or "node-a/gpu1"."""
+    return CPU if device_id.rsplit("/", 1)[-1] == CPU else "gpu"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A queued task as the pick rule sees it."""
+
+    id: int
+    owner: str
+    devices: tuple  # device ids this task may run on, in preference order
+    priority: int = 0
+    seq: int = 0  # submission order; lower first
+    memory: int = 0  # expected device memory need in bytes (0: unknown / not needed)
+
+
+@dataclass
+class DeviceState:
+    """What the pick rule needs to know about one device."""
+
+    id: int | str
+    limit: int
+    running: int = 0
+    free_memory: int | None = None  # None: do not check memory on this device
+    held: bool = False  # True while a just-started task is on probation here
+
+    @property
+    def free_slots(self):
+        """Return how many more tasks may start here now."""
+        return max(0, self.limit - self.running)
+
+
+@dataclass
+class Placement:
+    """One decision of the pick rule: start this task on this device."""
+
+    task_id: int
+    device: str
+    owner: str = ""
+    reason: str = field(default="", compare=False)
+
+
+def order_key(p):
+    """Return the sort key of a task inside one owner's queue."""
+    return (-p.priority, p.seq, p.id)
+
+
+def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
+    """Choose which queued tasks start now, and where (see ``pick_from_queues``)."""
+    queues = {}
+    for p in pending:
+        queues.setdefault(p.owner, []).append(p)
+    for q in queues.values():
+        q.sort(key=order_key)
+    return pick_from_queues(queues, devices, running_by_owner, memory_margin)
+
+
+def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0):
+    """Choose which queued tasks start now, and where.
+
+    ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
+    ``devices``: {id: DeviceState}, not mutated. ``running_by_owner``: {owner: running}.
+    Free slots go to owners round-robin, fewest running first (ties: the owner whose next
+    task is highest priority, then oldest), and inside one owner by priority, then
+    submission order. A task goes to the allowed device with the most free slots (ties: its
+    own preference order). A device with a memory figure takes a task only if its need plus
+    the margin fits, and at most one new task per call (probation: the next start there
+    waits until the new task's memory has settled); a held device takes nothing.
+    Tasks that fit nowhere keep their place. Returns Placements; no limit is ever exceeded.
+    """
+    free = {d.id: d.free_slots for d in devices.values()}
+    total_free = sum(free.values())
+    if not total_free or not queues:
+        return []
+    mem = {d.id: d.free_memory for d in devices.values()}
+    held = {d.id for d in devices.values() if d.held}
+    load = dict(running_by_owner or {})
+    cursor = {o: 0 for o, q in queues.items() if q}
+    taken = set()
+    started_on = set()
+    placements = []
+
+    def fits(p, dev):
+        if free.get(dev, 0) <= 0 or dev in held:
+            return False
+        m = mem.get(dev)
+        if m is None:
+            return True
+        return dev not in started_on and p.memory + memory_margin <= m
+
+    while total_free and cursor:
+        owner = min(cursor, key=lambda o: (load.get(o, 0), order_key(queues[o][cursor[o]]), o))
+        q = queues[owner]
+        chosen = None
+        for idx in range(cursor[owner], len(q)):
+            p = q[idx]
+            if p.id in taken:
+                continue
+            options = [d for d in p.devices if fits(p, d)]
+            if options:
+                chosen = (p, max(options, key=lambda d: (free[d], -p.devices.index(d))))
+                break
+        if chosen is None:
+            del cursor[owner]  # nothing of this owner's fits anywhere now
+            continue
+        p, dev = chosen
+        taken.add(p.id)
+        while cursor[owner] < len(q) and q[cursor[owner]].id in taken:
+            cursor[owner] += 1
+        if cursor[owner] >= len(q):
+            del cursor[owner]
+        free[dev] -= 1
+        total_free -= 1
+        if mem.get(dev) is not None:
+            mem[dev] -= p.memory
+            started_on.add(dev)
+        load[owner] = load.get(owner, 0) + 1
+        placements.append(Placement(p.id, dev, owner))
+    return placements

@@ -1,0 +1,1 @@
+"""The sample simulation models: circle, rectangle, triangle."""
