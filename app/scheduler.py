@@ -285,6 +285,12 @@ class Engine:
         """Pause or resume starting new tasks."""
         return self.call(self._set_paused, bool(paused))
 
+    def refresh_devices(self):
+        """Re-read the inventory: new devices appear (with their stored or default limit),
+        devices gone from it disappear (their running tasks are reported lost by the
+        executor). Returns the device ids."""
+        return self.call(self._refresh_devices)
+
     def usage(self):
         """Return {device: {"slots": limit, "running": n}} (a consistent copy)."""
         return self._usage
@@ -446,14 +452,16 @@ class Engine:
             argv, error = [], f"command template cannot be filled: {e}"
         else:
             error = None
-        attempt_id = self.store.start_attempt(task_id, number, device, slot, self.node, run_dir,
-                                              argv, now)
+        attempt_id = self.store.start_attempt(task_id, number, device, slot,
+                                              device.rsplit("/", 1)[0] if "/" in device else self.node,
+                                              run_dir, argv, now)
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                "CUDA_VISIBLE_DEVICES": "" if idx is None else str(idx),
                "SLOTRUN_TASK_ID": str(task_id), "SLOTRUN_ATTEMPT": str(number),
                "SLOTRUN_CONFIG": config, "SLOTRUN_RESULTS": os.path.join(self.workspace, results),
                "SLOTRUN_DEVICE": device, "PYTHONUNBUFFERED": "1"}
-        spec = LaunchSpec(task_id, attempt_id, argv, self.workspace, run_dir, env, device, self.node)
+        node = device.rsplit("/", 1)[0] if "/" in device else self.node
+        spec = LaunchSpec(task_id, attempt_id, argv, self.workspace, run_dir, env, device, node)
         handle = None
         if error is None:
             try:
@@ -497,7 +505,7 @@ class Engine:
         elif r.stop_reason == "interrupt":
             state, message = INTERRUPTED, "stopped when the engine was stopped"
         elif code is None:
-            state, message = INTERRUPTED, getattr(handle, "lost_reason", "") or \
+            state, message = INTERRUPTED, handle.extra.get("lost_reason") or \
                 "the process ended without recording an exit code"
         elif code == 0:
             state, message = SUCCEEDED, None
@@ -615,6 +623,21 @@ class Engine:
         self.limits[device] = slots
         self._publish_usage(force=True)
         return self._usage[device]
+
+    def _refresh_devices(self):
+        snap = self.inventory.snapshot()
+        ids = [d.id for d in snap]
+        if ids != self.devices:
+            stored = self.store.device_limits()
+            for d in ids:
+                if d not in self.limits:
+                    default = self.settings["cpu_slots"] if d.rsplit("/", 1)[-1] == CPU \
+                        else self.settings["gpu_slots"]
+                    self.limits[d] = stored.get(d, default)
+            self.devices = ids
+            self.gpu_devices = [d.id for d in snap if d.kind == "gpu"]
+            self._publish_usage(force=True)
+        return ids
 
     def _set_paused(self, paused):
         self.paused = paused
