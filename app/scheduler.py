@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import configs as configs_mod
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
-from .task import (CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES, RUNNING,
+from .task import (ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES, RUNNING,
                    SKIPPED, SUCCEEDED, DeviceState, Pending, order_key, pick_from_queues)
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class Engine:
 
             raise SlotrunError(NO_GPU_MESSAGE)
         if devices is None:
-            return list(self.gpu_devices)
+            return [ANY_GPU]
         if not isinstance(devices, (list, tuple)) or not devices:
             raise SlotrunError("devices must be a non-empty list of GPU ids; valid: "
                                + ", ".join(self.gpu_devices))
@@ -426,7 +426,8 @@ class Engine:
             running[r.device] = running.get(r.device, 0) + 1
             by_owner[r.owner] = by_owner.get(r.owner, 0) + 1
         states = {d: DeviceState(d, self.limits.get(d, 0), running.get(d, 0)) for d in self.devices}
-        for placement in pick_from_queues(self.queues, states, by_owner):
+        for placement in pick_from_queues(self.queues, states, by_owner,
+                                          any_gpu=tuple(self.gpu_devices)):
             self._start(placement.task_id, placement.device)
         self._publish_usage()
 

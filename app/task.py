@@ -20,6 +20,7 @@ RETRYABLE_STATES = frozenset({FAILED, CANCELLED, INTERRUPTED})
 ACTIVE_STATES = frozenset({QUEUED, RUNNING})
 
 CPU = "cpu"
+ANY_GPU = "gpu*"  # a task's device list meaning "any GPU", whichever GPUs exist when it starts
 
 
 def device_kind(device_id):
@@ -71,7 +72,10 @@ def order_key(p):
 
 
 def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
-    """Choose which queued tasks start now, and where (see ``pick_from_queues``)."""
+    """Choose which queued tasks start now, and where (see ``pick_from_queues``).
+
+    "gpu*" in a task's device list stands for every GPU among ``devices``.
+    """
     queues = {}
     for p in pending:
         queues.setdefault(p.owner, []).append(p)
@@ -80,7 +84,7 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
     return pick_from_queues(queues, devices, running_by_owner, memory_margin)
 
 
-def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0):
+def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -92,7 +96,11 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0):
     the margin fits, and at most one new task per call (probation: the next start there
     waits until the new task's memory has settled); a held device takes nothing.
     Tasks that fit nowhere keep their place. Returns Placements; no limit is ever exceeded.
+    A task whose devices are ("gpu*",) may use every GPU (``any_gpu``, default: every device
+    of ``devices`` but the CPU).
     """
+    if any_gpu is None:
+        any_gpu = tuple(d for d in devices if device_kind(d) != CPU)
     free = {d.id: d.free_slots for d in devices.values()}
     total_free = sum(free.values())
     if not total_free or not queues:
@@ -121,9 +129,10 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0):
             p = q[idx]
             if p.id in taken:
                 continue
-            options = [d for d in p.devices if fits(p, d)]
+            allowed = any_gpu if p.devices == (ANY_GPU,) else p.devices
+            options = [d for d in allowed if fits(p, d)]
             if options:
-                chosen = (p, max(options, key=lambda d: (free[d], -p.devices.index(d))))
+                chosen = (p, max(options, key=lambda d: (free[d], -allowed.index(d))))
                 break
         if chosen is None:
             del cursor[owner]  # nothing of this owner's fits anywhere now
