@@ -1,0 +1,165 @@
+"""The pure pick rule: unit cases and property-based tests, including whole simulated runs."""
+
+import heapq
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.task import DeviceState, Pending, pick_next
+
+
+def devs(limits, running=None):
+    running = running or {}
+    return {d: DeviceState(d, n, running.get(d, 0)) for d, n in limits.items()}
+
+
+def test_fills_free_slots_in_submission_order():
+    pending = [Pending(i, "ann", ("gpu0", "gpu1"), seq=i) for i in range(5)]
+    out = pick_next(pending, devs({"gpu0": 1, "gpu1": 2}))
+    assert [p.task_id for p in out] == [0, 1, 2]
+    assert sorted(p.device for p in out) == ["gpu0", "gpu1", "gpu1"]
+
+
+def test_respects_zero_limits_and_running_tasks():
+    pending = [Pending(i, "ann", ("gpu0", "gpu1", "gpu2", "gpu3"), seq=i) for i in range(3)]
+    out = pick_next(pending, devs({"gpu0": 0, "gpu1": 1, "gpu2": 0, "gpu3": 1}, {"gpu1": 1}))
+    assert [(p.task_id, p.device) for p in out] == [(0, "gpu3")]
+
+
+def test_task_only_goes_to_allowed_devices():
+    pending = [Pending(1, "ann", ("gpu0",), seq=1), Pending(2, "ann", ("gpu1",), seq=2)]
+    out = pick_next(pending, devs({"gpu0": 0, "gpu1": 1}))
+    assert [(p.task_id, p.device) for p in out] == [(2, "gpu1")]
+
+
+def test_any_gpu_wildcard_excludes_cpu():
+    pending = [Pending(i, "ann", ("gpu*",), seq=i) for i in range(4)]
+    out = pick_next(pending, devs({"gpu0": 1, "gpu1": 1, "cpu": 4}))
+    assert sorted(p.device for p in out) == ["gpu0", "gpu1"]
+
+
+def test_priority_first_within_owner():
+    pending = [Pending(1, "ann", ("cpu",), seq=1), Pending(2, "ann", ("cpu",), priority=5, seq=2)]
+    assert [p.task_id for p in pick_next(pending, devs({"cpu": 1}))] == [2]
+
+
+def test_round_robin_across_owners():
+    big = [Pending(i, "bob", ("cpu",), seq=i) for i in range(3000)]
+    small = [Pending(10000 + i, "ann", ("cpu",), seq=5000 + i) for i in range(3)]
+    out = pick_next(big + small, devs({"cpu": 4}))
+    owners = [p.owner for p in out]
+    assert owners.count("ann") == 2 and owners.count("bob") == 2
+
+
+def test_owner_with_fewer_running_goes_first():
+    pending = [Pending(1, "bob", ("cpu",), seq=1), Pending(2, "ann", ("cpu",), seq=2)]
+    out = pick_next(pending, devs({"cpu": 3}, {"cpu": 2}), running_by_owner={"bob": 2})
+    assert [p.owner for p in out] == ["ann"]
+
+
+def test_memory_guard_and_probation():
+    gib = 1024**3
+    pending = [Pending(i, "ann", ("gpu0", "gpu1"), seq=i, memory=6 * gib) for i in range(4)]
+    d = {"gpu0": DeviceState("gpu0", 4, 0, free_memory=20 * gib),
+         "gpu1": DeviceState("gpu1", 4, 0, free_memory=5 * gib)}
+    out = pick_next(pending, d, memory_margin=gib)
+    # gpu1 cannot hold 6 GiB + margin; gpu0 takes one task, then waits (probation).
+    assert [(p.task_id, p.device) for p in out] == [(0, "gpu0")]
+    d["gpu0"].held = True
+    assert pick_next(pending, d, memory_margin=gib) == []
+
+
+# -- properties ---------------------------------------------------------------------------
+
+DEVICE_IDS = ["gpu0", "gpu1", "gpu2", "cpu"]
+
+limits_st = st.fixed_dictionaries({d: st.integers(0, 3) for d in DEVICE_IDS})
+task_st = st.tuples(st.sampled_from(["ann", "bob", "cy"]),
+                    st.lists(st.sampled_from(DEVICE_IDS), min_size=1, max_size=4, unique=True),
+                    st.integers(0, 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits_st, st.fixed_dictionaries({d: st.integers(0, 3) for d in DEVICE_IDS}),
+       st.lists(task_st, max_size=30))
+def test_pick_never_exceeds_limits_and_leaves_no_usable_slot_idle(limits, running, tasks):
+    running = {d: min(running[d], limits[d]) for d in DEVICE_IDS}
+    pending = [Pending(i, o, tuple(ds), pr, i) for i, (o, ds, pr) in enumerate(tasks)]
+    out = pick_next(pending, devs(limits, running))
+    ids = [p.task_id for p in out]
+    assert len(ids) == len(set(ids))
+    used = dict(running)
+    by_id = {p.id: p for p in pending}
+    for pl in out:
+        assert pl.device in by_id[pl.task_id].devices
+        used[pl.device] += 1
+    for d in DEVICE_IDS:
+        assert used[d] <= max(limits[d], running[d])
+    placed = set(ids)
+    for p in pending:
+        if p.id not in placed:
+            assert all(used[d] >= limits[d] for d in p.devices), "a runnable task was left waiting"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["ann", "bob", "cy", "dee"]), min_size=1, max_size=40),
+       st.integers(1, 8))
+def test_fair_share_balances_owners(owners, slots):
+    pending = [Pending(i, o, ("cpu",), 0, i) for i, o in enumerate(owners)]
+    out = pick_next(pending, devs({"cpu": slots}))
+    got = {}
+    for pl in out:
+        got[pl.owner] = got.get(pl.owner, 0) + 1
+    wanting = {o: owners.count(o) for o in set(owners)}
+    # An owner gets fewer than another only when it has nothing more to run.
+    for a in wanting:
+        for b in wanting:
+            if got.get(a, 0) + 1 < got.get(b, 0):
+                assert got.get(a, 0) == wanting[a]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=4).filter(any),
+       st.lists(st.tuples(st.floats(0.01, 5.0), st.sampled_from(["ann", "bob"])), min_size=1,
+                max_size=40))
+def test_whole_simulated_run(limits_list, tasks):
+    """Event-driven simulation: every task runs exactly once, limits hold at every instant,
+    and no slot sits idle while a runnable task waits."""
+    limits = {f"gpu{i}": n for i, n in enumerate(limits_list)}
+    pending = {i: Pending(i, o, ("gpu*",), 0, i) for i, (_, o) in enumerate(tasks)}
+    duration = {i: d for i, (d, _) in enumerate(tasks)}
+    running = {}  # task -> device
+    events = []
+    now = 0.0
+    started = []
+    while pending or running:
+        counts = {d: 0 for d in limits}
+        owners = {}
+        for t, d in running.items():
+            counts[d] += 1
+            owners[tasks[t][1]] = owners.get(tasks[t][1], 0) + 1
+        out = pick_next(list(pending.values()), devs(limits, counts), owners)
+        for pl in out:
+            del pending[pl.task_id]
+            running[pl.task_id] = pl.device
+            counts[pl.device] += 1
+            started.append(pl.task_id)
+            heapq.heappush(events, (now + duration[pl.task_id], pl.task_id))
+        for d in limits:
+            assert counts[d] <= limits[d]
+        if pending:
+            assert all(counts[d] >= limits[d] for d in limits), "idle slot with work waiting"
+        assert events, "tasks wait but nothing runs"
+        now, t = heapq.heappop(events)
+        del running[t]
+    assert sorted(started) == list(range(len(tasks)))
+
+
+def test_large_queue_pick_is_lazy():
+    pending = [Pending(i, "ann", ("cpu",), 0, i) for i in range(100000)]
+    queues = {"ann": pending}
+    from app.task import pick_from_queues
+
+    out = pick_from_queues(queues, devs({"cpu": 2}))
+    assert [p.task_id for p in out] == [0, 1]
+    assert len(queues["ann"]) == 100000  # input not mutated
