@@ -18,8 +18,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from . import configs as configs_mod
+from .admission import MemoryMonitor, declared_memory, family_of, log_shows_oom
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
+from .logs import LOG_NAME
+from .settings import parse_size
 from .task import (ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES, RUNNING,
                    SKIPPED, SUCCEEDED, DeviceState, Pending, order_key, pick_from_queues)
 
@@ -142,6 +145,17 @@ class Engine:
         self.gpu_devices = []
         self._usage = {}
         self.node = os.uname().nodename
+        # GPU-memory-aware admission (see app/admission.py)
+        self.admission = bool(settings.get("admission", True))
+        self.margin = parse_size(settings.get("memory_margin", "512MiB"))
+        self.probation_cap = float(settings.get("probation_max", 20.0))
+        self.task_memory = {}  # task id -> bytes now
+        self.task_peak = {}  # task id -> peak bytes seen
+        self.learned = {}  # family -> predicted bytes
+        self.probation = {}  # device -> [task id, since, last bytes]
+        self.oom_cap = {}  # device -> effective limit after an out-of-memory failure
+        self._groups = {}  # process group -> task id, for running GPU tasks
+        self.monitor = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -158,6 +172,7 @@ class Engine:
             for d in self.devices:
                 default = self.settings["cpu_slots"] if d == CPU else self.settings["gpu_slots"]
                 self.limits[d] = stored.get(d, default)
+            self.learned = self._load_learned()
             self._recover()
         except BaseException:
             self._release_lock()
@@ -165,6 +180,10 @@ class Engine:
         self._publish_usage()
         self._thread = threading.Thread(target=self._loop, name="slotrun-scheduler", daemon=True)
         self._thread.start()
+        if self.gpu_devices:
+            self.monitor = MemoryMonitor(self.inventory, lambda: self._groups, self._memory_sample,
+                                         float(self.settings.get("memory_sample_interval", 0.5)))
+            self.monitor.poke()
         return self
 
     def stop(self, kill_tasks=False, timeout=None):
@@ -182,6 +201,9 @@ class Engine:
         self._q.put(("stop", kill_tasks, done))
         self._stopped.wait(timeout)
         self._thread.join(timeout=1)
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         self.executor.close()
         self._release_lock()
         self._thread = None
@@ -338,8 +360,8 @@ class Engine:
                 self._stopping = (kill, time.monotonic())
                 if kill:
                     self._interrupt_own()
-        elif kind == "wake":
-            pass
+        elif kind == "memory":
+            self._on_memory(*item[1:])
 
     def _finish_stop(self):
         kill, since = self._stopping
@@ -352,6 +374,9 @@ class Engine:
 
     def _exited(self, handle, code):
         self._q.put(("exit", handle, code))
+
+    def _memory_sample(self, usage, free, when):
+        self._q.put(("memory", usage, free, when))
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -393,7 +418,8 @@ class Engine:
     # -- queue bookkeeping -------------------------------------------------------------------------
 
     def _enqueue(self, t):
-        p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"])
+        p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"],
+                    family_of(t["config"]))
         self.queued[p.id] = Queued(p, t["batch_id"], t["config"], t["attempts"])
         q = self.queues.setdefault(p.owner, [])
         if not q or order_key(p) > order_key(q[-1]):
@@ -425,11 +451,24 @@ class Engine:
         for r in self.running.values():
             running[r.device] = running.get(r.device, 0) + 1
             by_owner[r.owner] = by_owner.get(r.owner, 0) + 1
-        states = {d: DeviceState(d, self.limits.get(d, 0), running.get(d, 0)) for d in self.devices}
-        for placement in pick_from_queues(self.queues, states, by_owner,
-                                          any_gpu=tuple(self.gpu_devices)):
+        states = {d: DeviceState(d, self._effective_limit(d), running.get(d, 0))
+                  for d in self.devices}
+        if self.admission and self.gpu_devices and any(
+                states[d].free_slots for d in self.gpu_devices if d in states):
+            for dev in self.inventory.gpus():
+                if dev.id in states:
+                    states[dev.id].free_memory = dev.memory_free
+                    states[dev.id].held = dev.id in self.probation
+        placements = pick_from_queues(self.queues, states, by_owner, self.margin,
+                                      any_gpu=tuple(self.gpu_devices), learned=self.learned)
+        for placement in placements:
             self._start(placement.task_id, placement.device)
         self._publish_usage()
+
+    def _effective_limit(self, device):
+        limit = self.limits.get(device, 0)
+        cap = self.oom_cap.get(device)
+        return limit if cap is None else min(limit, cap)
 
     def _start(self, task_id, device):
         item = self._dequeue(task_id)
@@ -476,6 +515,12 @@ class Engine:
         self.store.set_attempt_process(attempt_id, handle.pid, handle.pid_start, handle.boot_id)
         self.running[task_id] = Running(task_id, attempt_id, item.batch_id, item.pending.owner,
                                         device, slot, handle, config, now)
+        if idx is not None:
+            self._groups = {**self._groups, handle.pid: task_id}
+            if self.admission:
+                self.probation[device] = [task_id, time.monotonic(), None]
+            if self.monitor is not None:
+                self.monitor.poke()
         self._emit_task(task_id)
 
     def _config_as_submitted(self, task_id, config, run_dir):
@@ -501,6 +546,13 @@ class Engine:
         if r is None or r.attempt_id != handle.attempt_id:
             return
         del self.running[handle.task_id]
+        if handle.pid in self._groups:
+            self._groups = {k: v for k, v in self._groups.items() if k != handle.pid}
+        peak = self.task_peak.pop(r.task_id, None)
+        self.task_memory.pop(r.task_id, None)
+        held = self.probation.get(r.device)
+        if held and held[0] == r.task_id:
+            del self.probation[r.device]
         if r.stop_reason == "cancel":
             state, message = CANCELLED, "cancelled while running"
         elif r.stop_reason == "interrupt":
@@ -512,9 +564,29 @@ class Engine:
             state, message = SUCCEEDED, None
         else:
             state, message = FAILED, f"exit code {code}"
-        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, time.time())
+        oom = (state == FAILED and gpu_index(r.device) is not None
+               and log_shows_oom(os.path.join(r.handle.run_dir, LOG_NAME)))
+        requeue_front = False
+        if oom:
+            left = sum(1 for x in self.running.values() if x.device == r.device)
+            self.oom_cap[r.device] = max(1, left)
+            earlier = any("out of memory" in (a.get("message") or "")
+                          for a in self.store.attempts(r.task_id) if a["id"] != r.attempt_id)
+            requeue_front = not earlier
+            message = (f"CUDA out of memory on {r.device}; "
+                       + ("requeued at the front" if requeue_front else "again: not requeued")
+                       + f"; {r.device} limited to {self.oom_cap[r.device]} task(s) until a task "
+                       "finishes there")
+        elif state in (SUCCEEDED, FAILED):
+            self.oom_cap.pop(r.device, None)
+        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, time.time(), peak)
+        if peak:
+            fam = family_of(r.config)
+            self.learned[fam] = max(self.learned.get(fam, 0), peak)
         if state == SUCCEEDED:
             self._mark_done(r.config)
+        if requeue_front:
+            self._enqueue(self.store.requeue(r.task_id, front=True))
         batch = self.batches.get(r.batch_id)
         if state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries:
             t = self.store.get_task(r.task_id)
@@ -551,8 +623,9 @@ class Engine:
                                   devices=spec["devices"], memory=spec["memory"],
                                   message=f"results already complete ({results})"))
             else:
+                memory = spec["memory"] or (declared_memory(config, text) if spec["use_gpu"] else 0)
                 tasks.append(dict(config=config, config_text=text, state=QUEUED,
-                                  devices=spec["devices"], memory=spec["memory"]))
+                                  devices=spec["devices"], memory=memory))
         batch_id, rows = self.store.create_batch(spec, tasks)
         info = BatchInfo(batch_id, spec["command"], spec["use_gpu"], spec["overwrite"],
                          spec["max_retries"], True)
@@ -640,6 +713,52 @@ class Engine:
             self._publish_usage(force=True)
         return ids
 
+    def _on_memory(self, usage, free, when):
+        for t, nbytes in usage.items():
+            if t in self.running:
+                self.task_memory[t] = nbytes
+                if nbytes > self.task_peak.get(t, 0):
+                    self.task_peak[t] = nbytes
+                    fam = family_of(self.running[t].config)
+                    if nbytes > self.learned.get(fam, 0):
+                        self.learned[fam] = nbytes
+        for device, entry in list(self.probation.items()):
+            task, since, last = entry
+            now_bytes = usage.get(task, 0)
+            settled = last is not None and now_bytes > 0 and \
+                abs(now_bytes - last) <= max(16 * 1024**2, now_bytes // 50)
+            if task not in self.running or settled or when - since >= self.probation_cap:
+                del self.probation[device]
+            else:
+                entry[2] = now_bytes
+        self._publish_usage()
+
+    def _load_learned(self):
+        learned = {}
+        for config, peak in self.store.recent_peaks():
+            fam = family_of(config)
+            learned[fam] = max(learned.get(fam, 0), peak)
+        return learned
+
+    def predicted_need(self, config):
+        """Return the GPU memory a config is expected to need (learned from its family), or 0."""
+        return self.learned.get(family_of(config), 0)
+
+    def task_memory_now(self, task_id):
+        """Return (bytes now, peak bytes) of a running GPU task, as last sampled."""
+        return self.task_memory.get(task_id), self.task_peak.get(task_id)
+
+    def suggest_slots(self, need):
+        """Return {gpu id: slots} that fit ``need`` bytes per task (plus the margin) on each GPU."""
+        if not need or need <= 0:
+            raise SlotrunError("a memory need is required to suggest slots: declare gpu_memory "
+                               "in the configs or let a task of the family finish first")
+        out = {}
+        for dev in self.inventory.gpus():
+            if dev.id in self.limits:
+                out[dev.id] = max(0, int((dev.memory_total - self.margin) // need))
+        return out
+
     def _set_paused(self, paused):
         self.paused = paused
         self.publish("queue", {"paused": paused})
@@ -659,8 +778,16 @@ class Engine:
         counts = {}
         for r in self.running.values():
             counts[r.device] = counts.get(r.device, 0) + 1
-        usage = {d: {"slots": self.limits.get(d, 0), "running": counts.get(d, 0)}
-                 for d in self.devices}
+        usage = {}
+        for d in self.devices:
+            u = {"slots": self.limits.get(d, 0), "running": counts.get(d, 0)}
+            if d in self.oom_cap:
+                u["effective"] = self._effective_limit(d)
+                u["note"] = (f"out of memory: limited to {u['effective']} until a task finishes "
+                             "here")
+            if d in self.probation:
+                u["probation"] = self.probation[d][0]
+            usage[d] = u
         if force or usage != self._usage:
             self._usage = usage
             self.publish("slots", usage)

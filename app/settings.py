@@ -51,7 +51,13 @@ SETTINGS = (
     Setting("regex_timeout", 0.5, "Seconds a config pattern may spend matching before it is refused.", float),
     Setting("max_batch_tasks", 100000, "Most tasks one batch may hold.", int),
     Setting("memory_margin", "512MiB", "Free GPU memory kept in reserve above a task's expected need."),
-    Setting("admission", True, "Start a GPU task only when its expected memory fits.", bool),
+    Setting("admission", True, "Start a GPU task only when its expected memory (declared "
+            "gpu_memory, or learned from its config folder) plus the margin fits in the GPU's free "
+            "memory, and one start at a time per GPU until the new task's memory settles.", bool),
+    Setting("probation_max", 20.0, "Most seconds a GPU waits for a new task's memory to settle "
+            "before the next start there.", float),
+    Setting("memory_sample_interval", 0.5, "Seconds between GPU memory samples while GPU tasks "
+            "run.", float),
     Setting("progress_pattern", r"step (\d+)/(\d+)",
             "Regex whose two groups (done, total) give a task's progress from its log."),
 )

@@ -287,6 +287,13 @@ class Store:
             f"SELECT id FROM tasks WHERE batch_id=? AND state IN ({marks})",
             [batch_id, *ACTIVE_STATES])]
 
+    def recent_peaks(self, limit=5000):
+        """Return (config, peak GPU memory) of the latest succeeded attempts that recorded one."""
+        return [(r[0], r[1]) for r in self._conn().execute(
+            "SELECT t.config, a.peak_memory FROM attempts a JOIN tasks t ON t.id=a.task_id "
+            "WHERE a.peak_memory IS NOT NULL AND a.state='succeeded' ORDER BY a.id DESC LIMIT ?",
+            (limit,))]
+
     # -- device limits ------------------------------------------------------------------
 
     def device_limits(self):

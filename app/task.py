@@ -37,7 +37,8 @@ class Pending:
     devices: tuple  # device ids this task may run on, in preference order
     priority: int = 0
     seq: int = 0  # submission order; lower first
-    memory: int = 0  # expected device memory need in bytes (0: unknown / not needed)
+    memory: int = 0  # declared device memory need in bytes (0: not declared)
+    family: str = ""  # experiment family (config folder), for learned memory needs
 
 
 @dataclass
@@ -84,7 +85,8 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
     return pick_from_queues(queues, devices, running_by_owner, memory_margin)
 
 
-def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None):
+def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
+                     learned=None):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -97,8 +99,10 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     waits until the new task's memory has settled); a held device takes nothing.
     Tasks that fit nowhere keep their place. Returns Placements; no limit is ever exceeded.
     A task whose devices are ("gpu*",) may use every GPU (``any_gpu``, default: every device
-    of ``devices`` but the CPU).
+    of ``devices`` but the CPU). A task that declares no memory need is taken to need what
+    ``learned`` ({family: bytes}) predicts for its family.
     """
+    learned = learned or {}
     if any_gpu is None:
         any_gpu = tuple(d for d in devices if device_kind(d) != CPU)
     free = {d.id: d.free_slots for d in devices.values()}
@@ -119,7 +123,10 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
         m = mem.get(dev)
         if m is None:
             return True
-        return dev not in started_on and p.memory + memory_margin <= m
+        return dev not in started_on and need(p) + memory_margin <= m
+
+    def need(p):
+        return p.memory or learned.get(p.family, 0)
 
     while total_free and cursor:
         owner = min(cursor, key=lambda o: (load.get(o, 0), order_key(queues[o][cursor[o]]), o))
@@ -146,7 +153,7 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
         free[dev] -= 1
         total_free -= 1
         if mem.get(dev) is not None:
-            mem[dev] -= p.memory
+            mem[dev] -= need(p)
             started_on.add(dev)
         load[owner] = load.get(owner, 0) + 1
         placements.append(Placement(p.id, dev, owner))

@@ -2,7 +2,8 @@
 
 ``sim_time`` (seconds, in model_params; $SLOTRUN_SIM_TIME overrides it) stands in for a
 long simulation. ``gpu_memory`` (e.g. "2GiB", or a profile [[seconds, "1GiB"], [0.5,
-"3GiB"]]) makes the model hold that much GPU memory: real memory through PyTorch when CUDA is
+"3GiB"]]; ``sim_gpu_memory`` does the same without declaring it) makes the model hold that
+much GPU memory: real memory through PyTorch when CUDA is
 available, otherwise simulated memory on the GPUs that SLOTRUN_FAKE_GPUS simulates.
 """
 
@@ -31,7 +32,9 @@ def sim_time(params, default=1.5):
 
 def profile(params):
     """Return the memory profile as [(seconds from start, bytes), ...]."""
-    spec = params.get("gpu_memory")
+    # gpu_memory declares the need to slotrun and allocates it; sim_gpu_memory allocates
+    # without declaring (a program whose need slotrun has to learn).
+    spec = params.get("gpu_memory") or params.get("sim_gpu_memory")
     if not spec:
         return []
     if isinstance(spec, list):
