@@ -69,3 +69,20 @@ CREATE TABLE IF NOT EXISTS device_limits (
     device TEXT PRIMARY KEY,
     slots  INTEGER NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    role          TEXT NOT NULL,          -- admin | member | viewer
+    password_hash TEXT NOT NULL,
+    created_at    REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    label        TEXT NOT NULL,
+    secret_hash  TEXT NOT NULL,           -- sha256 of the secret part; the token itself is never stored
+    created_at   REAL NOT NULL,
+    last_used_at REAL
+);

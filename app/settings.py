@@ -146,3 +146,12 @@ def parse_size(text):
         raise SlotrunError(
             f"not a memory size: {text!r}; write e.g. 6GiB, 512MiB, 1.5GB or a byte count")
     return int(value * units[unit])
+
+
+def markdown_table():
+    """Return the settings as a Markdown table (the README's settings section)."""
+    rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for st in SETTINGS:
+        default = st.default if st.default != "" else "(empty)"
+        rows.append(f"| `{st.name}` | `SLOTRUN_{st.name.upper()}` | `{default}` | {st.help} |")
+    return "\n".join(rows)

@@ -307,6 +307,84 @@ class Store:
                       "ON CONFLICT(device) DO UPDATE SET slots=excluded.slots", (device, int(slots)))
 
 
+class AccountStore:
+    """Users and API tokens (the same SQLite file)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def _conn(self):
+        return self.store._conn()
+
+    def add_user(self, name, role, password_hash):
+        """Insert a user; return its id (raises sqlite3.IntegrityError if the name exists)."""
+        with self.store._write() as c:
+            return c.execute("INSERT INTO users(name, role, password_hash, created_at) "
+                             "VALUES(?,?,?,?)", (name, role, password_hash, time.time())).lastrowid
+
+    def get_user(self, name=None, user_id=None):
+        """Return a user row by name or id, or None."""
+        if user_id is not None:
+            row = self._conn().execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone()
+        else:
+            row = self._conn().execute("SELECT * FROM users WHERE name=?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def list_users(self):
+        """Return every user (without password hashes), by name."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT id, name, role, created_at FROM users ORDER BY name")]
+
+    def count_users(self, role=None):
+        """Return how many users there are (with that role)."""
+        if role:
+            return self._conn().execute("SELECT COUNT(*) FROM users WHERE role=?", (role,)).fetchone()[0]
+        return self._conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    def update_user(self, user_id, role=None, password_hash=None):
+        """Change a user's role and/or password hash."""
+        with self.store._write() as c:
+            if role is not None:
+                c.execute("UPDATE users SET role=? WHERE id=?", (role, user_id))
+            if password_hash is not None:
+                c.execute("UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id))
+
+    def remove_user(self, user_id):
+        """Delete a user and its tokens."""
+        with self.store._write() as c:
+            c.execute("DELETE FROM tokens WHERE user_id=?", (user_id,))
+            c.execute("DELETE FROM users WHERE id=?", (user_id,))
+
+    def add_token(self, user_id, label, secret_hash):
+        """Insert a token; return its id."""
+        with self.store._write() as c:
+            return c.execute("INSERT INTO tokens(user_id, label, secret_hash, created_at) "
+                             "VALUES(?,?,?,?)", (user_id, label, secret_hash, time.time())).lastrowid
+
+    def get_token(self, token_id):
+        """Return a token row joined with its user's name and role, or None."""
+        row = self._conn().execute(
+            "SELECT t.*, u.name AS user_name, u.role AS role FROM tokens t JOIN users u "
+            "ON u.id=t.user_id WHERE t.id=?", (token_id,)).fetchone()
+        return dict(row) if row else None
+
+    def list_tokens(self, user_id):
+        """Return a user's tokens (without hashes)."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT id, label, created_at, last_used_at FROM tokens WHERE user_id=? ORDER BY id",
+            (user_id,))]
+
+    def touch_token(self, token_id):
+        """Record that a token was just used."""
+        with self.store._write() as c:
+            c.execute("UPDATE tokens SET last_used_at=? WHERE id=?", (time.time(), token_id))
+
+    def remove_token(self, token_id):
+        """Delete a token."""
+        with self.store._write() as c:
+            c.execute("DELETE FROM tokens WHERE id=?", (token_id,))
+
+
 class _Tx:
     """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error)."""
 
