@@ -223,6 +223,7 @@ class _Printer:
         self.finished = 0
         self.counts = {}
         self.ids = set()
+        self.shown = {}  # task id -> lines already printed ("start", "end"): events may repeat
 
     def expect(self, batch):
         with self.lock:
@@ -247,11 +248,14 @@ class _Printer:
                 return
             if t["id"] not in self.ids or t["state"] == SKIPPED:
                 return
-            if t["state"] == RUNNING:
+            shown = self.shown.setdefault(t["id"], set())
+            started = t["state"] == RUNNING or (t["state"] in FINAL_STATES and t.get("attempts"))
+            if started and "start" not in shown:
+                shown.add("start")
                 print(f"Start the process with {t['config']}", flush=True)
+            if t["state"] not in FINAL_STATES or "end" in shown:
                 return
-            if t["state"] not in FINAL_STATES:
-                return
+            shown.add("end")
             self.finished += 1
             self.counts[t["state"]] = self.counts.get(t["state"], 0) + 1
             cmd = display_command(self.template, t["config"])

@@ -1,0 +1,117 @@
+"""multi-run.py --server URL: submit a batch to a running slotrun server and follow it.
+
+The console shows the same lines as a local run. The token comes from $SLOTRUN_TOKEN (create
+one on the server with ``python -m app token create NAME``). Ctrl-C cancels the batch.
+"""
+
+import os
+
+from .errors import SlotrunError
+
+
+class _Client:
+    """A small JSON client of the server's API."""
+
+    def __init__(self, url, token):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.requests = requests
+
+    def call(self, method, path, **kwargs):
+        """Send one request; return its JSON, or raise an error with the server's message."""
+        try:
+            r = self.http.request(method, self.url + path, timeout=30, **kwargs)
+        except self.requests.RequestException as e:
+            raise SlotrunError(f"cannot reach the slotrun server at {self.url}: "
+                               f"{e.__class__.__name__}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        if r.status_code == 401:
+            raise SlotrunError(f"the server at {self.url} refused the token in SLOTRUN_TOKEN; "
+                               "create one with: python -m app token create NAME")
+        if r.status_code >= 400:
+            raise SlotrunError(body.get("error") or f"the server answered HTTP {r.status_code}")
+        return body
+
+
+def submit_remote(args, settings):
+    """Submit the configs matching args.key to the server and print progress; return the status."""
+    from .cli import EXIT_FAILED, _confirm, _install_signal_handlers, _Printer, _Stop
+
+    token = os.environ.get("SLOTRUN_TOKEN")
+    if not token:
+        raise SlotrunError("set SLOTRUN_TOKEN to an API token of the server (create one there "
+                           "with: python -m app token create NAME)")
+    client = _Client(args.server, token)
+    found = client.call("GET", "/api/v1/configs", params={"pattern": args.key})["configs"]
+    if not found:
+        raise SlotrunError(f"no config on the server matches {args.key!r}")
+    body = {"pattern": args.key, "use_gpu": bool(args.gpu), "overwrite": bool(args.overwrite)}
+    if args.command:
+        body["command"] = args.command
+    if args.gpu and args.slots is not None:
+        gpus = [d["id"] for d in client.call("GET", "/api/v1/devices")["devices"] if d["kind"] == "gpu"]
+        if len(args.slots) > len(gpus):
+            raise SlotrunError(f"-d gives {len(args.slots)} numbers but the server has {len(gpus)} "
+                               f"GPU(s) ({', '.join(gpus)})")
+        body["devices"] = [g for g, n in zip(gpus, args.slots) if n > 0]
+        if not body["devices"]:
+            raise SlotrunError("every slot count is 0, so nothing could run; give a GPU a slot")
+        print("Note: the server's slot limits apply; -d chooses the GPUs "
+              f"({', '.join(body['devices'])}).", flush=True)
+    if args.check and not _confirm(found, set()):
+        print("Nothing was run (answer y to run, or pass -check false).")
+        return EXIT_FAILED
+
+    import socketio
+
+    printer = _Printer(args.command or settings["command"])
+    sio = socketio.Client(reconnection=True)
+    sio.on("task", lambda t: printer("task", t))
+
+    @sio.event
+    def connect():
+        # After a reconnect, catch up with what happened meanwhile.
+        if printer.batch_id is not None:
+            _catch_up(client, printer)
+
+    try:
+        sio.connect(client.url, headers={"Authorization": f"Bearer {token}"},
+                    auth={"token": token}, transports=["websocket"], wait_timeout=10)
+    except socketio.exceptions.ConnectionError as e:
+        raise SlotrunError(f"cannot follow the batch live at {client.url}: {e}") from None
+    stop = _install_signal_handlers()
+    batch = None
+    try:
+        batch = client.call("POST", "/api/v1/batches", json=body)
+        printer.expect(batch)
+        _catch_up(client, printer)
+        printer.done.wait()
+    except _Stop:
+        if batch is not None:
+            client.call("POST", f"/api/v1/batches/{batch['id']}/cancel")
+            print(f"Interrupted: cancelled batch {batch['id']} on the server.", flush=True)
+        return printer.summary(True)
+    finally:
+        stop()
+        sio.disconnect()
+    return printer.summary(False)
+
+
+def _catch_up(client, printer):
+    """Feed the printer the batch's current task states (for events missed meanwhile)."""
+    page = 1
+    while True:
+        body = client.call("GET", "/api/v1/tasks", params={"batch": printer.batch_id, "page": page,
+                                                           "per_page": 500})
+        for t in body["tasks"]:
+            printer("task", t)
+        if page >= body.get("pages", 1):
+            return
+        page += 1
+
