@@ -303,6 +303,12 @@ class Engine:
             raise SlotrunError(f"slots must be a whole number from 0 to 1000, not {slots!r}")
         return self.call(self._set_slots, device, slots)
 
+    def set_priority(self, batch_id, priority):
+        """Change a batch's priority (higher starts first among one owner's work); return it."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise SlotrunError(f"priority must be a whole number from -1000 to 1000, not {priority!r}")
+        return self.call(self._set_priority, int(batch_id), priority)
+
     def set_paused(self, paused):
         """Pause or resume starting new tasks."""
         return self.call(self._set_paused, bool(paused))
@@ -758,6 +764,19 @@ class Engine:
             if dev.id in self.limits:
                 out[dev.id] = max(0, int((dev.memory_total - self.margin) // need))
         return out
+
+    def _set_priority(self, batch_id, priority):
+        self.store.get_batch(batch_id)
+        self.store.set_batch_priority(batch_id, priority)
+        ids = [tid for tid, q in self.queued.items() if q.batch_id == batch_id]
+        for tid in ids:
+            self._dequeue(tid)
+        for t in (self.store.get_task(tid) for tid in ids):
+            self._enqueue(t)
+        batch = self.store.get_batch(batch_id)
+        self.publish("batch", {"id": batch_id, "owner": batch["owner"], "total": batch["total"],
+                               "priority": priority})
+        return batch
 
     def _set_paused(self, paused):
         self.paused = paused

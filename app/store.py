@@ -253,6 +253,12 @@ class Store:
                       (QUEUED, seq, time.time(), task_id))
         return self.get_task(task_id)
 
+    def set_batch_priority(self, batch_id, priority):
+        """Change a batch's priority and that of its tasks."""
+        with self._write() as c:
+            c.execute("UPDATE batches SET priority=? WHERE id=?", (priority, batch_id))
+            c.execute("UPDATE tasks SET priority=? WHERE batch_id=?", (priority, batch_id))
+
     def running_attempts(self):
         """Return the attempts recorded as running, with their task's batch (for re-adoption)."""
         return [dict(r) for r in self._conn().execute(

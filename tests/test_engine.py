@@ -254,3 +254,24 @@ def test_lost_process_becomes_interrupted(workspace):
         assert t["state"] == "interrupted" and "lost" in t["message"]
     finally:
         eng.stop()
+
+
+def test_priority_reorders_one_owners_queue(workspace):
+    eng, store = make_engine(workspace, cpu_slots=0)
+    try:
+        a = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", use_gpu=False)
+        b = eng.submit(["configs/exp-1/exp-1-2.yaml"], "ann", use_gpu=False)
+        assert eng.set_priority(b["id"], 10)["priority"] == 10
+        assert store.get_task(b["tasks"][0]["id"])["priority"] == 10
+        eng.set_slots("cpu", 1)
+        first = b["tasks"][0]["id"]
+        wait_for(lambda: store.get_task(first)["state"] in ("running", "succeeded"))
+        assert store.get_task(a["tasks"][0]["id"])["state"] == "queued" or \
+            store.get_task(a["tasks"][0]["id"])["started_at"] >= store.get_task(first)["started_at"]
+        for bad in (1.5, "high", True, 5000):
+            with pytest.raises(SlotrunError, match="whole number from -1000 to 1000"):
+                eng.set_priority(b["id"], bad)
+        with pytest.raises(NotFound):
+            eng.set_priority(999, 1)
+    finally:
+        eng.stop()
