@@ -451,6 +451,7 @@ class Engine:
 
     def _dispatch(self):
         if self.paused or not self.queued:
+            self._publish_usage()  # an exit may have freed a slot with nothing left to start
             return
         running = {}
         by_owner = {}

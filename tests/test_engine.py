@@ -68,6 +68,10 @@ def test_batch_runs_and_records_everything(workspace, gpus):
             with open(os.path.join(a["run_dir"], "output.log")) as f:
                 assert "area=" in f.read()
         assert store.get_batch(b["id"])["counts"] == {"succeeded": 2}
+        wait_for(lambda: all(u["running"] == 0 for u in eng.usage().values()))
+        with rec.lock:
+            last_slots = [p for e, p in rec.events if e == "slots"][-1]
+        assert all(u["running"] == 0 for u in last_slots.values())
     finally:
         eng.stop()
 
