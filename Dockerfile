@@ -1,0 +1,45 @@
+# slotrun: the dashboard and its scheduler in one container.
+#
+#   docker build -t slotrun .
+#   docker run --gpus all -p 5000:5000 -v "$PWD":/workspace slotrun
+#
+# The mounted folder is the workspace (configs/, models/, run.py; results/ and .slotrun/ are
+# written there). Without a mount, the image's sample workspace is used.
+
+# -- browser libraries, from the npm registry with the committed lockfile ---------------------
+FROM node:20-bookworm-slim AS assets
+WORKDIR /build/static
+COPY static/package.json static/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
+# -- the server ----------------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SLOTRUN_WORKSPACE=/workspace \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+WORKDIR /opt/slotrun
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY templates ./templates
+COPY static ./static
+COPY --from=assets /build/static/node_modules ./static/node_modules
+# Editable install: the templates and static files stay beside the package, where the app looks.
+RUN pip install -e .
+
+# A sample workspace, replaced by whatever is mounted on /workspace.
+COPY run.py /workspace/run.py
+COPY models /workspace/models
+COPY configs /workspace/configs
+
+WORKDIR /workspace
+VOLUME ["/workspace"]
+EXPOSE 5000
+
+# One worker: the scheduler lives in it. Threads serve the page, the API and the websockets.
+CMD ["gunicorn", "-w", "1", "--threads", "50", "-b", "0.0.0.0:5000", "app:create_app()"]

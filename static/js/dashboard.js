@@ -1,0 +1,188 @@
+// The dashboard page: wires the panels to the REST API and the live Socket.IO events.
+
+import { get, post } from "./api.js";
+import { BatchForm } from "./batchform.js";
+import { BatchesPanel } from "./batches.js";
+import { DevicesPanel } from "./devices.js";
+import * as live from "./live.js";
+import { TasksTable } from "./tasks.js";
+import { rafBatch, readOnly, setText, throttle, toast } from "./util.js";
+
+const OTHER = ["cancelled", "interrupted", "skipped"];
+
+/** Summary tiles and the queue's pause switch. */
+class Summary {
+  constructor() {
+    this.counts = {};
+    this.slots = { used: 0, total: 0 };
+    this.paused = null;
+    this.paint = rafBatch(() => this.flush());
+    this.refresh = throttle(() => this.load(), 800);
+    this.toggle = document.getElementById("queue-toggle");
+    this.control = document.getElementById("queue-control");
+    if (this.toggle) this.toggle.addEventListener("click", () => this.flipQueue());
+  }
+
+  async load() {
+    const status = await get("/status");
+    const counts = status.counts || status.tasks || status.states || {};
+    if (counts && typeof counts === "object") this.counts = counts;
+    if (status.paused !== undefined) this.paused = Boolean(status.paused);
+    else if (status.queue && status.queue.paused !== undefined) this.paused = Boolean(status.queue.paused);
+    this.paint();
+  }
+
+  setDevices(devices) {
+    this.slots = devices.reduce((acc, d) => ({
+      used: acc.used + Number(d.running || 0), total: acc.total + Number(d.slots || 0),
+    }), { used: 0, total: 0 });
+    this.paint();
+  }
+
+  /** Apply a "queue" event: {paused, counts, total}. */
+  setQueue(q) {
+    if (!q) return;
+    if (q.paused !== undefined) this.paused = Boolean(q.paused);
+    if (q.counts) {
+      this.counts = q.counts;
+      this.liveCounts = true;
+    }
+    this.paint();
+  }
+
+  /** Re-fetch the counts after a change, unless the server pushes them itself. */
+  changed() {
+    if (!this.liveCounts) this.refresh();
+  }
+
+  flush() {
+    const c = this.counts;
+    for (const state of ["queued", "running", "succeeded", "failed"]) {
+      const node = document.querySelector(`[data-count="${state}"]`);
+      if (node) setText(node, (c[state] || 0).toLocaleString());
+    }
+    const other = OTHER.map((s) => c[s] || 0);
+    setText(document.querySelector('[data-count="other"]'), other.reduce((a, b) => a + b, 0).toLocaleString());
+    setText(document.querySelector('[data-count="other-detail"]'),
+      OTHER.map((s, i) => `${other[i].toLocaleString()} ${s}`).join(" · "));
+    setText(document.querySelector('[data-count="slots"]'), `${this.slots.used} / ${this.slots.total}`);
+    const free = Math.max(0, this.slots.total - this.slots.used);
+    setText(document.querySelector('[data-count="slots-detail"]'),
+      this.slots.total ? `${free} free${this.paused ? " · queue paused" : ""}` : "no slots: set a limit below");
+    const failedTile = document.querySelector('.tile[data-state="failed"]');
+    if (failedTile) failedTile.classList.toggle("is-alert", (c.failed || 0) > 0);
+    if (this.control && this.paused !== null) {
+      this.control.hidden = false;
+      this.control.dataset.paused = this.paused ? "1" : "0";
+      setText(document.getElementById("queue-state"), this.paused ? "Queue paused: nothing new starts" : "Queue running");
+      if (this.toggle) {
+        this.toggle.hidden = readOnly();
+        setText(this.toggle, this.paused ? "Resume queue" : "Pause queue");
+      }
+    }
+  }
+
+  async flipQueue() {
+    const pause = !this.paused;
+    this.toggle.disabled = true;
+    try {
+      await post(pause ? "/queue/pause" : "/queue/resume");
+      this.setQueue({ paused: pause });
+      toast(pause ? "Queue paused: running tasks go on, nothing new starts" : "Queue resumed", "ok", 3000);
+    } catch (e) {
+      toast(`Queue not ${pause ? "paused" : "resumed"}: ${e.message}`, "error");
+    } finally {
+      this.toggle.disabled = false;
+    }
+  }
+}
+
+function main() {
+  const summary = new Summary();
+  const tasks = new TasksTable(document.getElementById("tasks"), {
+    onFilter: (f) => batches.select(f.batch),
+  });
+  const batches = new BatchesPanel(document.getElementById("batches"), {
+    meta: document.getElementById("batches-meta"),
+    onBatches: (list) => {
+      tasks.setBatches(list);
+      batches.select(tasks.filter.batch);
+    },
+    onShowTasks: (id) => {
+      tasks.setFilter({ batch: String(id), state: "" });
+      document.getElementById("tasks").scrollIntoView({ behavior: "smooth", block: "start" });
+    },
+  });
+  const form = new BatchForm(document.getElementById("batch-form"), {
+    onStarted: (batch) => {
+      batches.refresh.now();
+      summary.refresh();
+      if (tasks.filter.batch) tasks.setFilter({ batch: String(batch.id), state: "" });
+      else tasks.refresh.now();
+    },
+  });
+  const devices = new DevicesPanel(document.getElementById("devices"), {
+    onChange: (list) => {
+      form.setDevices(list);
+      summary.setDevices(list);
+    },
+  });
+
+  for (const tile of document.querySelectorAll(".tile[data-filter]")) {
+    tile.addEventListener("click", (e) => {
+      e.preventDefault();
+      const state = tile.dataset.filter;
+      tasks.setFilter({ state: tasks.filter.state === state ? "" : state });
+      document.getElementById("tasks").scrollIntoView({ behavior: "smooth", block: "start" });
+    });
+  }
+
+  const loadDevices = async () => {
+    try {
+      const data = await get("/devices");
+      devices.setDevices(data.devices || [], { sample: true });
+    } catch (e) {
+      const box = document.getElementById("devices");
+      box.setAttribute("aria-busy", "false");
+      box.replaceChildren(Object.assign(document.createElement("p"), {
+        className: "error-text", textContent: `Cannot load devices: ${e.message}`,
+      }));
+    }
+  };
+
+  live.on("task", (t) => {
+    tasks.onTask(t);
+    batches.onTask(t);
+    summary.changed();
+  });
+  live.on("batch", (b) => {
+    batches.onBatch(b);
+    summary.changed();
+  });
+  // A burst too large to send task by task: fetch what is shown instead.
+  live.on("tasks", () => {
+    tasks.refresh();
+    batches.refresh();
+    summary.refresh();
+  });
+  live.on("devices", (data) => devices.setDevices((data && data.devices) || data || [], { sample: true }));
+  live.on("slots", (usage) => devices.setSlots(usage));
+  live.on("queue", (q) => summary.setQueue(q));
+  // After a reconnect (server restart, network drop) everything is fetched again.
+  live.onResync((again) => {
+    if (!again) return;
+    loadDevices();
+    batches.refresh.now();
+    tasks.refresh.now();
+    summary.refresh();
+  });
+
+  loadDevices();
+  batches.refresh.now();
+  tasks.refresh.now();
+  summary.refresh.now();
+  live.connect();
+  window.slotrun = { tasks, batches, devices, summary, form };
+}
+
+main();

@@ -1,0 +1,284 @@
+// A task's page: facts, actions, config, command, attempts, live log tail and results browser.
+
+import { ApiError, apiUrl, get, post } from "./api.js";
+import * as live from "./live.js";
+import { LogView, MAX_LINES, describeDropped } from "./logview.js";
+import { taskDuration } from "./tasks.js";
+import {
+  ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatBytes, formatDuration, formatFullTime,
+  formatTime, h, mayAct, rafBatch, root, setText, stateBadge, toast,
+} from "./util.js";
+
+const TAIL_LINES = Number(bootstrap().log_tail) || 500;
+
+const page = document.getElementById("task-page");
+const taskId = Number(page.dataset.task);
+const $ = (id) => document.getElementById(id);
+
+let task = null;
+let actionKey = "";
+let logStarted = false; // true once some log text (REST or live) has been shown
+
+// -- facts and actions --------------------------------------------------------------------------
+
+const paintTask = rafBatch(() => renderTask());
+
+function renderTask() {
+  if (!task) return;
+  setText($("task-config"), task.config || "");
+  document.title = `slotrun · ${task.state} · ${(task.config || "").replace(/^configs\//, "")}`;
+  const badge = $("task-state");
+  badge.dataset.state = task.state;
+  setText(badge, task.state);
+  const batch = task.batch ?? task.batch_id;
+  if (batch !== undefined && batch !== null) {
+    const crumb = $("crumb-batch");
+    crumb.hidden = false;
+    $("crumb-batch-sep").hidden = false;
+    crumb.href = `${root()}/?batch=${batch}#tasks`;
+    setText(crumb, `Batch #${batch}`);
+  }
+  const fact = (name, text, title) => {
+    const node = page.querySelector(`[data-fact="${name}"]`);
+    setText(node, text === "" || text === null || text === undefined ? "–" : text);
+    if (title !== undefined) node.title = title;
+  };
+  fact("device", deviceLabel(task));
+  fact("started", formatTime(task.started_at), formatFullTime(task.started_at));
+  fact("finished", formatTime(task.finished_at), formatFullTime(task.finished_at));
+  fact("duration", formatDuration(taskDuration(task)));
+  fact("exit", task.exit_code ?? "");
+  fact("attempts", task.attempts ?? "");
+  fact("owner", task.owner || "");
+  const msg = $("task-message");
+  msg.hidden = !task.message;
+  setText(msg, task.message || "");
+  msg.dataset.state = task.state;
+
+  const key = `${task.state}|${mayAct(task.owner)}`;
+  if (key !== actionKey) {
+    actionKey = key;
+    const buttons = [];
+    if (mayAct(task.owner) && ACTIVE_STATES.has(task.state)) {
+      buttons.push(h("button.btn.btn-danger.act", { type: "button", onclick: () => act("cancel") }, "Cancel task"));
+    }
+    if (mayAct(task.owner) && RETRYABLE_STATES.has(task.state)) {
+      buttons.push(h("button.btn.btn-primary.act", { type: "button", onclick: () => act("retry") }, "Retry"));
+    }
+    $("task-actions").replaceChildren(...buttons);
+  }
+  setLogStatus();
+}
+
+async function act(action) {
+  try {
+    const res = await post(`/tasks/${taskId}/${action}`);
+    const t = res && (res.task || (res.id === taskId ? res : null));
+    if (t) updateTask(t);
+    toast(action === "cancel" ? "Task cancelled" : "Task queued again", "ok", 2500);
+  } catch (e) {
+    toast(`Not done: ${e.message}`, "error");
+  }
+}
+
+function updateTask(t) {
+  const wasRunning = task && task.state === "running";
+  task = { ...(task || {}), ...t };
+  paintTask();
+  if (t.state && t.state !== "running" && wasRunning) {
+    // Finished: the attempts table, results and the final log lines changed.
+    loadTask();
+    loadFiles(currentDir);
+  } else if (t.state === "running" && !wasRunning) {
+    loadTask();
+  }
+}
+
+async function loadTask() {
+  try {
+    const t = await get(`/tasks/${taskId}`);
+    task = { ...(task || {}), ...t };
+    $("task-error").hidden = true;
+    renderTask();
+    renderDetails();
+  } catch (e) {
+    const err = $("task-error");
+    err.hidden = false;
+    setText(err, e instanceof ApiError && e.status === 404
+      ? `Task ${taskId} does not exist.`
+      : `Cannot load task ${taskId}: ${e.message}`);
+  }
+}
+
+function renderDetails() {
+  setText($("task-config-text"), task.config_text ?? "(the config as submitted is not available)");
+  const argv = task.argv;
+  setText($("task-command"), task.command ||
+    (Array.isArray(argv) ? argv.map(shellQuote).join(" ") : "(not started yet: the command is set when it starts)"));
+  const rows = [];
+  for (const a of task.attempts_list || []) {
+    rows.push(h("tr", null,
+      h("td.num", null, a.number ?? ""),
+      h("td", null, stateBadge(a.state)),
+      h("td.mono", { title: a.node ? `on ${a.node}` : "" }, deviceLabel(a)),
+      h("td", { title: formatFullTime(a.started_at) }, formatTime(a.started_at)),
+      h("td.num", null, formatDuration(a.duration ?? (a.finished_at && a.started_at ? a.finished_at - a.started_at : null))),
+      h("td.num.mono", null, a.exit_code ?? "")));
+    const note = [a.message, a.peak_memory ? `peak GPU memory ${formatBytes(a.peak_memory)}` : ""].filter(Boolean).join(" · ");
+    if (note) rows.push(h("tr.note-row", null, h("td"), h("td.note-cell", { colspan: "5" }, note)));
+  }
+  $("attempts-body").replaceChildren(...(rows.length ? rows
+    : [h("tr", null, h("td.empty", { colspan: "6" }, "No attempt yet: the task is waiting for a free slot."))]));
+}
+
+function shellQuote(arg) {
+  const s = String(arg);
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+// -- live log -----------------------------------------------------------------------------------
+
+const logView = new LogView($("log"), {
+  onTrim: (dropped) => describeDropped($("log-note"), dropped, MAX_LINES),
+});
+const autoScroll = $("log-autoscroll");
+autoScroll.addEventListener("change", () => {
+  logView.autoScroll = autoScroll.checked;
+  if (autoScroll.checked) logView.scrollToEnd();
+});
+logView.onScrollAway = () => {
+  autoScroll.checked = false;
+  logView.autoScroll = false;
+};
+$("log-wrap").addEventListener("change", (e) => $("log").classList.toggle("wrap", e.target.checked));
+let truncatedNote = "";
+
+function setLogStatus() {
+  const state = task ? task.state : null;
+  let text;
+  if (!live.connected()) text = "not live: reconnecting…";
+  else if (state === "running") text = "live";
+  else if (state === "queued") text = "waiting for a slot";
+  else text = "finished";
+  const node = $("log-status");
+  setText(node, text + truncatedNote);
+  node.dataset.state = text === "live" ? "live" : "idle";
+}
+
+live.on("log", (msg) => {
+  if (!msg || Number(msg.task) !== taskId) return;
+  if (msg.reset) {
+    logView.clear();
+  }
+  if (msg.truncated && !msg.reset) {
+    logView.append("\n… (output too fast: some lines skipped here; the full log has them) …\n");
+  }
+  logView.append(msg.data || "");
+  logStarted = true;
+});
+
+live.on("task", (t) => {
+  if (t && Number(t.id) === taskId) updateTask(t);
+});
+
+live.onResync((again) => {
+  live.emit("follow", { task: taskId, lines: TAIL_LINES }, (answer) => {
+    if (answer && answer.error) setText($("log-status"), `log not available: ${answer.error}`);
+  });
+  setLogStatus();
+  if (again) {
+    loadTask();
+    loadFiles(currentDir);
+  }
+});
+
+async function loadLogOverRest() {
+  // Without a live connection, show the last lines once (the live follow replaces them later).
+  if (logStarted || live.connected()) return;
+  try {
+    const data = await get(`/tasks/${taskId}/log`, { tail: TAIL_LINES });
+    if (logStarted || live.connected()) return;
+    const text = typeof data === "string" ? data : (data && (data.log ?? data.data ?? data.text)) || "";
+    logView.clear();
+    logView.append(text);
+    logStarted = true;
+  } catch (e) {
+    if (e.status !== 404) setText($("log-status"), `log unavailable: ${e.message}`);
+  }
+}
+
+// -- results browser ----------------------------------------------------------------------------
+
+let currentDir = "";
+
+function filesUrl(path) {
+  const enc = path.split("/").filter(Boolean).map(encodeURIComponent).join("/");
+  return apiUrl(`/tasks/${taskId}/files/${enc}`);
+}
+
+async function loadFiles(dir) {
+  currentDir = dir;
+  const box = $("files");
+  let data;
+  try {
+    const enc = dir.split("/").filter(Boolean).map(encodeURIComponent).join("/");
+    data = await get(`/tasks/${taskId}/files/${enc}${enc ? "/" : ""}`);
+  } catch (e) {
+    box.replaceChildren(h("p.empty", null, e.status === 404
+      ? (dir ? "This folder no longer exists." : "No results yet: the folder appears when the task writes to it.")
+      : `Cannot list results: ${e.message}`));
+    renderPath(dir);
+    return;
+  }
+  const entries = (data.entries || data.files || []).slice().sort((a, b) =>
+    (isDir(b) - isDir(a)) || String(a.name).localeCompare(String(b.name)));
+  renderPath(dir);
+  if (!entries.length) {
+    box.replaceChildren(h("p.empty", null, dir ? "This folder is empty." : "No result files yet."));
+    return;
+  }
+  const rows = entries.map((e) => {
+    const path = e.path || (dir ? `${dir}/${e.name}` : e.name);
+    const name = isDir(e)
+      ? h("button.link-button.file-dir", { type: "button", onclick: () => loadFiles(path.replace(/\/$/, "")) }, `${e.name}/`)
+      : h("a.file-link", { href: filesUrl(path), download: e.name, title: `Download ${path}` }, e.name);
+    return h("tr", null,
+      h("td.file-name", null, h("span.file-icon", { "aria-hidden": "true", dataset: { kind: isDir(e) ? "dir" : "file" } }), name),
+      h("td.num.muted", null, isDir(e) ? "" : formatBytes(e.size)),
+      h("td.muted", { title: formatFullTime(e.mtime ?? e.modified) }, formatTime(e.mtime ?? e.modified)));
+  });
+  box.replaceChildren(h("table.files-table", null,
+    h("thead", null, h("tr", null, h("th", { scope: "col" }, "Name"), h("th.num", { scope: "col" }, "Size"), h("th", { scope: "col" }, "Modified"))),
+    h("tbody", null, rows)));
+}
+
+function isDir(e) {
+  return e.type === "dir" || e.type === "directory" || e.is_dir === true || e.kind === "dir";
+}
+
+function renderPath(dir) {
+  const parts = dir.split("/").filter(Boolean);
+  const crumbs = [h("button.link-button", { type: "button", onclick: () => loadFiles("") }, "results")];
+  parts.forEach((p, i) => {
+    crumbs.push(h("span.muted", { "aria-hidden": "true" }, " / "));
+    const path = parts.slice(0, i + 1).join("/");
+    crumbs.push(i === parts.length - 1 ? h("span", { "aria-current": "location" }, p)
+      : h("button.link-button", { type: "button", onclick: () => loadFiles(path) }, p));
+  });
+  $("files-path").replaceChildren(...crumbs);
+}
+
+// -- start --------------------------------------------------------------------------------------
+
+setInterval(() => {
+  if (task && task.state === "running") {
+    setText(page.querySelector('[data-fact="duration"]'), formatDuration(taskDuration(task)));
+  }
+}, 1000);
+
+$("files-refresh").addEventListener("click", () => loadFiles(currentDir));
+loadTask();
+loadFiles("");
+live.connect();
+setTimeout(loadLogOverRest, 1500);
+setInterval(setLogStatus, 2000);

@@ -1,0 +1,343 @@
+// Tasks table: filter by batch and state, sort, paginate, patch rows live, cancel and retry.
+
+import { get, post } from "./api.js";
+import {
+  ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatDuration, formatFullTime, formatTime,
+  h, mayAct, rafBatch, root, setText, stateBadge, throttle, toast,
+} from "./util.js";
+
+const SORTABLE = ["id", "config", "batch", "state", "device", "started_at", "duration", "exit_code"];
+
+/** Seconds to add to the browser's clock to get the server's (0 when unknown). */
+function clockSkew() {
+  const t = bootstrap().server_time;
+  if (typeof t !== "number") return 0;
+  const skew = t - bootstrap.loadedAt;
+  return Math.abs(skew) > 2 ? skew : 0;
+}
+bootstrap.loadedAt = Date.now() / 1000;
+
+export function taskDuration(task) {
+  if (task.started_at === null || task.started_at === undefined) return null;
+  if (task.state === "running" && typeof task.started_at === "number") {
+    return Date.now() / 1000 + clockSkew() - task.started_at;
+  }
+  return task.duration ?? null;
+}
+
+export class TasksTable {
+  constructor(section, { onFilter } = {}) {
+    this.section = section;
+    this.onFilter = onFilter || (() => {});
+    this.$ = (id) => section.querySelector(`#${id}`);
+    this.body = this.$("tasks-body");
+    this.empty = this.$("tasks-empty");
+    this.meta = this.$("tasks-meta");
+    this.batchSelect = this.$("filter-batch");
+    this.stateSelect = this.$("filter-state");
+    this.perPage = Number(bootstrap().page_size) || 50;
+    this.filter = { batch: "", state: "" };
+    this.page = 1;
+    this.pages = 1;
+    this.total = 0;
+    this.sort = { key: "id", dir: "desc" };
+    this.rows = new Map(); // task id -> {tr, task, cells}
+    this.dirty = new Set();
+    this.paint = rafBatch(() => this.flush());
+    this.refresh = throttle(() => this.load(), 700);
+    this.seq = 0;
+    this.readFromUrl();
+
+    this.batchSelect.addEventListener("change", () => this.setFilter({ batch: this.batchSelect.value }));
+    this.stateSelect.addEventListener("change", () => this.setFilter({ state: this.stateSelect.value }));
+    this.$("filter-clear").addEventListener("click", () => this.setFilter({ batch: "", state: "" }));
+    this.$("page-first").addEventListener("click", () => this.go(1));
+    this.$("page-prev").addEventListener("click", () => this.go(this.page - 1));
+    this.$("page-next").addEventListener("click", () => this.go(this.page + 1));
+    this.$("page-last").addEventListener("click", () => this.go(this.pages));
+    for (const th of section.querySelectorAll("th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => this.setSort(th.dataset.sort));
+    }
+    this.body.addEventListener("click", (e) => this.onClick(e));
+    setInterval(() => this.tick(), 1000);
+  }
+
+  readFromUrl() {
+    const q = new URLSearchParams(location.search);
+    // /batches/<id> renders this page with the batch in the bootstrap data.
+    this.filter.batch = q.get("batch") || (bootstrap().batch ? String(bootstrap().batch) : "");
+    this.filter.state = q.get("state") || "";
+    this.page = Math.max(1, Number(q.get("page")) || 1);
+    const sort = q.get("sort");
+    if (sort && SORTABLE.includes(sort.replace(/^-/, ""))) {
+      this.sort = { key: sort.replace(/^-/, ""), dir: sort.startsWith("-") ? "desc" : "asc" };
+    }
+    this.syncControls();
+  }
+
+  writeUrl() {
+    const q = new URLSearchParams(location.search);
+    const set = (k, v) => (v ? q.set(k, v) : q.delete(k));
+    set("batch", this.filter.batch);
+    set("state", this.filter.state);
+    set("page", this.page > 1 ? this.page : "");
+    const sort = `${this.sort.dir === "desc" ? "-" : ""}${this.sort.key}`;
+    set("sort", sort === "-id" ? "" : sort);
+    const qs = q.toString();
+    history.replaceState(null, "", location.pathname + (qs ? `?${qs}` : "") + location.hash);
+  }
+
+  syncControls() {
+    if (this.filter.batch && !this.batchSelect.querySelector(`option[value="${CSS.escape(this.filter.batch)}"]`)) {
+      this.batchSelect.append(h("option", { value: this.filter.batch }, `#${this.filter.batch}`));
+    }
+    this.batchSelect.value = this.filter.batch;
+    this.stateSelect.value = this.filter.state;
+    this.$("filter-clear").hidden = !this.filter.batch && !this.filter.state;
+    for (const th of this.section.querySelectorAll("th[data-sort]")) {
+      if (th.dataset.sort === this.sort.key) {
+        th.setAttribute("aria-sort", this.sort.dir === "asc" ? "ascending" : "descending");
+      } else {
+        th.removeAttribute("aria-sort");
+      }
+    }
+  }
+
+  /** Offer these batches in the batch filter (newest first). */
+  setBatches(batches) {
+    const current = this.batchSelect.value || this.filter.batch;
+    const options = [h("option", { value: "" }, "All batches")];
+    for (const b of batches) {
+      options.push(h("option", { value: String(b.id) }, `#${b.id} ${b.pattern ? `· ${b.pattern}` : ""}`.slice(0, 60)));
+    }
+    if (current && !batches.some((b) => String(b.id) === current)) {
+      options.push(h("option", { value: current }, `#${current}`));
+    }
+    this.batchSelect.replaceChildren(...options);
+    this.batchSelect.value = current;
+  }
+
+  setFilter(change) {
+    Object.assign(this.filter, change);
+    this.page = 1;
+    this.syncControls();
+    this.writeUrl();
+    this.onFilter(this.filter);
+    this.refresh.now();
+  }
+
+  setSort(key) {
+    if (this.sort.key === key) this.sort.dir = this.sort.dir === "asc" ? "desc" : "asc";
+    else this.sort = { key, dir: key === "id" || key === "started_at" || key === "duration" ? "desc" : "asc" };
+    this.page = 1;
+    this.syncControls();
+    this.writeUrl();
+    this.refresh.now();
+  }
+
+  go(page) {
+    const p = Math.max(1, Math.min(this.pages || 1, page));
+    if (p === this.page) return;
+    this.page = p;
+    this.writeUrl();
+    this.refresh.now();
+  }
+
+  /** Fetch the current page over REST and redraw the table. */
+  async load() {
+    const seq = ++this.seq;
+    const params = {
+      batch: this.filter.batch, state: this.filter.state, page: this.page, per_page: this.perPage,
+      sort: this.sort.key, order: this.sort.dir,
+    };
+    let data;
+    try {
+      data = await get("/tasks", params);
+    } catch (e) {
+      if (seq !== this.seq) return;
+      this.showError(e.message);
+      return;
+    }
+    if (seq !== this.seq) return;
+    this.total = data.total ?? (data.tasks || []).length;
+    this.pages = Math.max(1, data.pages ?? Math.ceil(this.total / this.perPage));
+    if (this.page > this.pages) {
+      this.page = this.pages;
+      this.writeUrl();
+      this.refresh();
+      return;
+    }
+    this.render(this.sorted(data.tasks || []));
+  }
+
+  sorted(tasks) {
+    const { key, dir } = this.sort;
+    const sign = dir === "asc" ? 1 : -1;
+    const value = (t) => (key === "duration" ? taskDuration(t) : key === "batch" ? t.batch ?? t.batch_id : t[key]);
+    return [...tasks].sort((a, b) => {
+      const va = value(a);
+      const vb = value(b);
+      if (va === vb) return sign * ((a.id > b.id) - (a.id < b.id));
+      if (va === null || va === undefined) return 1;
+      if (vb === null || vb === undefined) return -1;
+      return sign * (va > vb ? 1 : -1);
+    });
+  }
+
+  render(tasks) {
+    this.section.querySelector(".table-wrap").removeAttribute("aria-busy");
+    const keep = new Map();
+    const frag = [];
+    for (const t of tasks) {
+      let row = this.rows.get(t.id);
+      if (row) {
+        row.task = { ...row.task, ...t };
+      } else {
+        row = this.buildRow(t);
+      }
+      this.patchRow(row);
+      keep.set(t.id, row);
+      frag.push(row.tr);
+    }
+    this.rows = keep;
+    this.body.replaceChildren(...frag);
+    this.dirty.clear();
+    const filtered = this.filter.batch || this.filter.state;
+    if (!tasks.length) {
+      this.empty.hidden = false;
+      this.empty.replaceChildren(filtered
+        ? h("p", null, "No task matches these filters. ",
+          h("button.btn.btn-sm", { type: "button", onclick: () => this.setFilter({ batch: "", state: "" }) }, "Clear filters"))
+        : h("p", null, "No tasks yet. Start a batch: type a pattern under ", h("a", { href: "#new-batch-panel" }, "New batch"), "."));
+    } else {
+      this.empty.hidden = true;
+    }
+    const first = tasks.length ? (this.page - 1) * this.perPage + 1 : 0;
+    setText(this.meta, tasks.length
+      ? `${first.toLocaleString()}–${(first + tasks.length - 1).toLocaleString()} of ${this.total.toLocaleString()}`
+      : `${this.total.toLocaleString()} tasks`);
+    setText(this.$("page-info"), `Page ${this.page.toLocaleString()} of ${this.pages.toLocaleString()}`);
+    this.$("page-first").disabled = this.page <= 1;
+    this.$("page-prev").disabled = this.page <= 1;
+    this.$("page-next").disabled = this.page >= this.pages;
+    this.$("page-last").disabled = this.page >= this.pages;
+    this.$("pager").hidden = this.pages <= 1;
+  }
+
+  showError(message) {
+    this.rows.clear();
+    this.body.replaceChildren();
+    this.empty.hidden = false;
+    this.empty.replaceChildren(h("p.error-text", { role: "alert" }, `Cannot load tasks: ${message} `,
+      h("button.btn.btn-sm", { type: "button", onclick: () => this.refresh.now() }, "Try again")));
+  }
+
+  buildRow(t) {
+    const taskHref = `${root()}/tasks/${t.id}`;
+    const cells = {
+      id: h("td.num", null, h("a", { href: taskHref }, String(t.id))),
+      config: h("td.config-cell", null, h("a.mono", { href: taskHref })),
+      batch: h("td.num", null, h("button.link-button", { type: "button", dataset: { action: "filter-batch" }, title: "Show only this batch" })),
+      state: h("td.state-cell"),
+      device: h("td.mono.device-cell"),
+      started: h("td.time-cell"),
+      duration: h("td.num.duration-cell"),
+      exit: h("td.num.mono"),
+      actions: h("td.actions-cell"),
+    };
+    const tr = h("tr", { dataset: { task: String(t.id) } }, ...Object.values(cells));
+    return { tr, task: { ...t }, cells, key: {} };
+  }
+
+  patchRow(row) {
+    const t = row.task;
+    const { cells, key } = row;
+    row.tr.dataset.state = t.state;
+    const config = cells.config.firstChild;
+    setText(config, (t.config || "").replace(/^configs\//, ""));
+    config.title = t.message ? `${t.config}\n${t.message}` : t.config || "";
+    setText(cells.batch.firstChild, t.batch ?? t.batch_id ?? "");
+    if (key.state !== t.state) {
+      key.state = t.state;
+      cells.state.replaceChildren(stateBadge(t.state));
+    }
+    const badge = cells.state.firstChild;
+    badge.title = t.message || (t.attempts > 1 ? `attempt ${t.attempts}` : "");
+    setText(cells.device, deviceLabel(t));
+    setText(cells.started, formatTime(t.started_at));
+    cells.started.title = formatFullTime(t.started_at);
+    setText(cells.duration, formatDuration(taskDuration(t)));
+    setText(cells.exit, t.exit_code ?? "");
+    cells.exit.dataset.bad = t.exit_code ? "1" : "0";
+    const actionKey = `${t.state}|${mayAct(t.owner)}`;
+    if (key.actions !== actionKey) {
+      key.actions = actionKey;
+      const buttons = [];
+      if (mayAct(t.owner)) {
+        if (ACTIVE_STATES.has(t.state)) {
+          buttons.push(h("button.btn.btn-sm.btn-danger-ghost.act", {
+            type: "button", dataset: { action: "cancel" }, "aria-label": `Cancel task ${t.id}`,
+          }, "Cancel"));
+        }
+        if (RETRYABLE_STATES.has(t.state)) {
+          buttons.push(h("button.btn.btn-sm.act", {
+            type: "button", dataset: { action: "retry" }, "aria-label": `Retry task ${t.id}`,
+          }, "Retry"));
+        }
+      }
+      cells.actions.replaceChildren(...buttons);
+    }
+  }
+
+  /** Apply a "task" event: patch the row if shown, re-fetch the page if the set of rows changes. */
+  onTask(t) {
+    const row = this.rows.get(t.id);
+    const matches = (!this.filter.batch || String(t.batch ?? t.batch_id) === this.filter.batch) &&
+      (!this.filter.state || t.state === this.filter.state);
+    if (row) {
+      row.task = { ...row.task, ...t };
+      this.dirty.add(t.id);
+      this.paint();
+      if (!matches) this.refresh();
+    } else if (matches) {
+      // A new task (or one entering the filter): its place depends on the server's order.
+      this.refresh();
+    }
+  }
+
+  flush() {
+    for (const id of this.dirty) {
+      const row = this.rows.get(id);
+      if (row) this.patchRow(row);
+    }
+    this.dirty.clear();
+  }
+
+  tick() {
+    for (const row of this.rows.values()) {
+      if (row.task.state === "running") setText(row.cells.duration, formatDuration(taskDuration(row.task)));
+    }
+  }
+
+  async onClick(e) {
+    const button = e.target.closest("button[data-action]");
+    if (!button) return;
+    const tr = button.closest("tr");
+    const id = Number(tr.dataset.task);
+    const action = button.dataset.action;
+    if (action === "filter-batch") {
+      this.setFilter({ batch: button.textContent });
+      return;
+    }
+    button.disabled = true;
+    try {
+      const res = await post(`/tasks/${id}/${action}`);
+      const task = res && (res.task || (res.id === id ? res : null));
+      if (task) this.onTask(task);
+      toast(action === "cancel" ? `Task ${id} cancelled` : `Task ${id} queued again`, "ok", 2500);
+    } catch (err) {
+      toast(`Task ${id}: ${err.message}`, "error");
+      button.disabled = false;
+    }
+  }
+}

@@ -1,0 +1,455 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, a real server.
+
+One server (``python -m app serve``) runs on a loopback port for the whole module, in a fresh
+workspace with four simulated GPUs; each test opens its own browser page on it.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+
+import pytest
+
+from tests.helpers import free_port, make_workspace, task_env, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags checked on the project's machines (see shared ENVIRONMENT-NOTES): without the
+# background-networking ones Chromium keeps trying to reach outside hosts.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+expect = sync_api.expect
+
+LIVE_CONFIG = """\
+# A slower task that prints progress lines: the task page must show them as they come.
+model_params:
+  name: circle
+  radius: 2.0
+  sim_time: 5
+  progress_steps: 25
+"""
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+class Server:
+    """A ``python -m app serve`` on a loopback port; it can be stopped and started again."""
+
+    def __init__(self, workspace, env, port, log_path):
+        self.workspace = workspace
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self):
+        """Start the server and wait until its API answers."""
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+                cwd=self.workspace, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.api("GET", "/status")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, interval=0.1, message="server did not answer /api/v1/status")
+
+    def stop(self):
+        """Stop the server (running tasks keep running; the next start re-adopts them)."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def api(self, method, path, body=None):
+        """Call the JSON API; return (status, parsed JSON)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def log(self):
+        """Return the end of what the server printed (for failure messages)."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Start a real server in a fresh workspace with 4 simulated GPUs; stop it afterwards."""
+    base = tmp_path_factory.mktemp("browser")
+    ws = make_workspace(base / "ws")
+    os.makedirs(os.path.join(ws, "configs", "live"))
+    with open(os.path.join(ws, "configs", "live", "live-1.yaml"), "w", encoding="utf-8") as f:
+        f.write(LIVE_CONFIG)
+    env = task_env(SLOTRUN_FAKE_GPUS=4, SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"),
+                   SLOTRUN_AUTH="false", SLOTRUN_DEVICE_REFRESH="0.5",
+                   SLOTRUN_PAGE_SIZE=8)  # small pages, so that paging is exercised
+    # The configs' own sim_time applies: 1.5 s for the samples, 5 s for the live one.
+    env.pop("SLOTRUN_SIM_TIME", None)
+    env.pop("SLOTRUN_WORKSPACE", None)
+    srv = Server(ws, env, free_port(), base / "server.log")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Launch Debian's Chromium headless (Playwright's own browser download is not used)."""
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page (own context) at laptop size; JavaScript errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()
+    # A failed request (a 404 answer the page handles) is logged too: only real errors count.
+    bad = [e for e in errors if not e.startswith("Failed to load resource")
+           and "websocket" not in e.lower()]
+    assert not bad, f"JavaScript errors on the page: {bad}"
+
+
+def submit(server, pattern, **extra):
+    """Start a batch through the API; return its JSON."""
+    status, body = server.api("POST", "/batches", {"pattern": pattern, "use_gpu": True,
+                                                   "overwrite": True, **extra})
+    assert status == 201, body
+    return body
+
+
+def wait_batch_done(server, batch_id, timeout=30):
+    """Wait until no task of the batch is queued or running; return the batch JSON."""
+    def done():
+        status, b = server.api("GET", f"/batches/{batch_id}")
+        counts = (b or {}).get("counts") or {}
+        return b if status == 200 and not counts.get("queued") and not counts.get("running") else None
+    return wait_for(done, timeout=timeout, interval=0.2, message=f"batch {batch_id} did not finish")
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+def test_regex_preview_lists_matching_configs_and_explains_invalid_ones(page, server):
+    page.goto(server.url + "/")
+    pattern = page.get_by_label("Configs matching")
+    pattern.fill("exp-(2|3)-1")
+    status = page.locator("#pattern-status")
+    expect(status).to_have_text("4 configs match")
+    items = page.locator("#preview-list li")
+    expect(items).to_have_count(4)
+    assert sorted(items.all_inner_texts()) == [
+        "exp-2/exp-2-1-1.yaml", "exp-2/exp-2-1-2.yaml", "exp-3/exp-3-1-1.yaml", "exp-3/exp-3-1-2.yaml"]
+    # Bases are never tasks: exp-1 has three configs, not four.
+    pattern.fill("exp-1")
+    expect(status).to_have_text(re.compile(r"^3 configs match"))
+    expect(page.locator("#preview-list li", has_text="base")).to_have_count(0)
+
+    pattern.fill("exp-(")
+    expect(status).to_contain_text("Invalid pattern")
+    expect(pattern).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#preview-list")).to_be_hidden()
+    expect(page.get_by_role("button", name="Check…")).to_be_disabled()
+
+    pattern.fill("no-such-config")
+    expect(status).to_have_text("No config matches this pattern.")
+
+
+def test_slot_limit_is_edited_in_place(page, server):
+    page.goto(server.url + "/")
+    field = page.get_by_label("Slot limit for gpu2")
+    expect(field).to_have_value(re.compile(r"^\d+$"))
+    # Keyboard only: focus, type, Enter.
+    field.focus()
+    field.press("Control+a")
+    field.type("3")
+    field.press("Enter")
+    card = page.locator('.device-card[data-device="gpu2"]')
+    expect(card.locator(".slot-status")).to_have_text("saved")
+    wait_for(lambda: {d["id"]: d for d in server.api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 3,
+             timeout=5, message="the server did not take the new slot limit")
+    # Three pips are drawn, and a reload shows the stored value.
+    expect(card.locator(".pip")).to_have_count(3)
+    page.reload()
+    expect(page.get_by_label("Slot limit for gpu2")).to_have_value("3")
+    # Leaving the field also saves; a bad value is refused without a request.
+    field = page.get_by_label("Slot limit for gpu2")
+    field.fill("-1")
+    field.press("Tab")
+    expect(card.locator(".slot-status")).to_have_text("whole number ≥ 0")
+    field.fill("1")
+    field.press("Tab")
+    expect(card.locator(".slot-status")).to_have_text("saved")
+    wait_for(lambda: {d["id"]: d for d in server.api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 1,
+             timeout=5)
+
+
+def test_start_a_batch_and_watch_it_finish_without_reloading(page, server):
+    page.goto(server.url + "/")
+    expect(page.locator("#live-badge")).to_have_attribute("data-state", "live")
+    page.evaluate("window.__sameDocument = true")
+    page.get_by_label("Configs matching").fill("exp-1")
+    expect(page.locator("#pattern-status")).to_have_text(re.compile(r"^3 configs match"))
+    page.get_by_label("Overwrite: rerun configs whose results are already complete").check()
+    page.get_by_role("button", name="Check…").click()
+    confirm = page.locator("#confirm")
+    expect(confirm).to_be_visible()
+    expect(confirm.locator("li")).to_have_count(3)
+    expect(confirm).to_contain_text("any GPU")
+    page.get_by_role("button", name="Start 3 tasks").click()
+    expect(page.locator(".toast")).to_contain_text("3 tasks queued")
+
+    batch = page.locator(".batch").first
+    batch_id = batch.get_attribute("data-batch")
+    expect(batch.locator(".batch-pattern")).to_have_text("exp-1")
+    # The rows appear and reach "succeeded" through live events alone.
+    page.locator(f'.batch[data-batch="{batch_id}"]').get_by_role("button", name="Tasks").click()
+    rows = page.locator("#tasks-body tr")
+    expect(rows).to_have_count(3)
+    for i in range(3):
+        expect(rows.nth(i).locator(".badge")).to_have_text("succeeded", timeout=30000)
+    expect(batch.locator(".batch-text")).to_contain_text("3/3 done")
+    expect(rows.first.locator("td").nth(4)).to_have_text(re.compile(r"^gpu\d"))
+    assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+    expect(page.locator('[data-count="succeeded"]')).not_to_have_text("0")
+    # Slot usage is live too: once the batch is done, no slot is shown busy.
+    expect(page.locator('[data-count="slots"]')).to_have_text(re.compile(r"^0 / \d+$"))
+    for running in page.locator(".device-card .slot-running").all():
+        expect(running).to_have_text("0")
+
+
+def test_task_page_shows_a_live_log_and_its_details(page, server):
+    batch = submit(server, "live-1")
+    task_id = batch["tasks"][0]["id"]
+    page.goto(f"{server.url}/tasks/{task_id}")
+    expect(page.locator("#task-config")).to_have_text("configs/live/live-1.yaml")
+    expect(page.locator("#task-config-text")).to_contain_text("progress_steps: 25")
+    # Lines arrive while the task runs (5 s for 25 steps), then the state turns without reload.
+    log = page.locator("#log")
+    expect(page.locator("#task-state")).to_have_text("running", timeout=15000)
+    expect(log).to_contain_text("step 3/25", timeout=10000)
+    expect(page.locator("#log-status")).to_have_text("live")
+    mid = log.inner_text()
+    assert "step 25/25" not in mid, "the whole log arrived at once: not a live tail"
+    expect(log).to_contain_text("step 25/25", timeout=15000)
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=10000)
+    expect(log).to_contain_text("done in")
+    expect(page.locator("#task-command")).to_contain_text("run.py -c configs/live/live-1.yaml")
+    expect(page.locator(".attempts-table tbody tr")).to_have_count(1)
+    expect(page.locator(".attempts-table tbody tr .badge")).to_have_text("succeeded")
+    # Auto-scroll kept the newest line in view.
+    at_bottom = page.evaluate("(() => { const l = document.getElementById('log');"
+                              " return l.scrollHeight - l.scrollTop - l.clientHeight < 30; })()")
+    assert at_bottom
+    # The results browser lists the files the task wrote; the full log downloads.
+    expect(page.locator("#files")).to_contain_text("meta.json")
+    with page.expect_download() as info:
+        page.locator("#log-download").click()
+    text = open(info.value.path(), encoding="utf-8").read()
+    assert "step 1/25" in text and "step 25/25" in text
+
+
+FLOOD_COMMAND = (
+    "{python} -u -c \"import sys, time\n"
+    "for j in range(40):\n"
+    "    sys.stdout.write(''.join('flood %d %d\\n' % (j, i) for i in range(20000)))\n"
+    "    time.sleep(0.05)\n\""
+)
+
+
+def test_a_flooding_log_is_capped_and_the_page_stays_responsive(page, server):
+    batch = submit(server, "exp-1-2", command=FLOOD_COMMAND)
+    task_id = batch["tasks"][0]["id"]
+    page.goto(f"{server.url}/tasks/{task_id}")
+    log = page.locator("#log")
+    expect(log).to_contain_text("flood", timeout=15000)
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=30000)
+    # 800,000 lines were printed; the server skipped what it could not push, and the page
+    # keeps at most 5,000 lines in the DOM.
+    expect(page.locator("#log-note")).to_contain_text("Showing the last 5,000 lines")
+    lines = page.evaluate("document.getElementById('log').textContent.split('\\n').length")
+    assert 1000 < lines <= 5002, lines
+    expect(log).to_contain_text("flood 39 19999")
+    assert server.api("GET", f"/tasks/{task_id}")[1]["exit_code"] == 0
+
+
+def test_results_download_as_zip(page, server):
+    batch = submit(server, "exp-2-2")
+    wait_batch_done(server, batch["id"])
+    page.goto(server.url + "/")
+    card = page.locator(f'.batch[data-batch="{batch["id"]}"]')
+    expect(card.locator(".batch-text")).to_contain_text("2/2 done")
+    with page.expect_download() as info:
+        card.get_by_role("link", name=re.compile("Download the results of batch")).click()
+    with zipfile.ZipFile(info.value.path()) as z:
+        names = z.namelist()
+        assert z.testzip() is None
+        metas = [n for n in names if n.endswith("meta.json")]
+        assert len(metas) == 2, names
+        assert any("exp-2-2-1" in n for n in metas) and any("exp-2-2-2" in n for n in metas), names
+        meta = json.load(io.TextIOWrapper(z.open(metas[0]), encoding="utf-8"))
+        assert meta["model"]
+
+    # One task's zip from its page, and a single file from its results browser.
+    task_id = batch["tasks"][0]["id"]
+    page.goto(f"{server.url}/tasks/{task_id}")
+    with page.expect_download() as info:
+        page.locator("#results-zip").click()
+    with zipfile.ZipFile(info.value.path()) as z:
+        assert any(n.endswith("meta.json") for n in z.namelist()), z.namelist()
+    with page.expect_download() as info:
+        page.locator("#files a.file-link", has_text="meta.json").click()
+    assert json.load(open(info.value.path(), encoding="utf-8"))["config"].endswith(".yaml")
+
+
+def test_filters_pagination_and_actions(page, server):
+    # A batch that waits: its tasks stay queued while the queue is paused.
+    assert server.api("POST", "/queue/pause")[0] == 200
+    try:
+        batch = submit(server, "exp-3")
+        page.goto(server.url + "/?state=queued")
+        expect(page.locator("#filter-state")).to_have_value("queued")
+        rows = page.locator("#tasks-body tr")
+        expect(rows).to_have_count(4)
+        expect(page.locator("#queue-state")).to_contain_text("paused")
+        # Cancel one task from its row: it leaves the "queued" view live.
+        first = rows.first
+        tid = first.get_attribute("data-task")
+        first.get_by_role("button", name=f"Cancel task {tid}").click()
+        expect(rows).to_have_count(3)
+        assert server.api("GET", f"/tasks/{tid}")[1]["state"] == "cancelled"
+        # Retry it: it is queued again.
+        page.select_option("#filter-state", "cancelled")
+        row = page.locator(f'#tasks-body tr[data-task="{tid}"]')
+        row.get_by_role("button", name=f"Retry task {tid}").click()
+        expect(row).to_have_count(0)
+        assert server.api("GET", f"/tasks/{tid}")[1]["state"] == "queued"
+        # Cancel the whole batch (two steps), then everything of it is cancelled.
+        page.select_option("#filter-state", "")
+        card = page.locator(f'.batch[data-batch="{batch["id"]}"]')
+        card.get_by_role("button", name=f"Cancel batch {batch['id']}").click()
+        card.get_by_role("button", name="Confirm: cancel 4 tasks of batch").click()
+        page.select_option("#filter-batch", str(batch["id"]))
+        for i in range(4):
+            expect(rows.nth(i).locator(".badge")).to_have_text("cancelled")
+        # Sorting by config sorts this page's rows.
+        page.get_by_role("button", name="Config").click()
+        expect(page.locator('th[data-sort="config"]')).to_have_attribute("aria-sort", "ascending")
+        names = page.locator("#tasks-body td.config-cell").all_inner_texts()
+        assert names == sorted(names)
+        # A filter with no match says so.
+        page.select_option("#filter-state", "running")
+        expect(page.locator("#tasks-empty")).to_contain_text("No task matches these filters")
+        # Paging: 8 tasks a page, newest first; the address keeps the view.
+        page.get_by_role("button", name="Clear filters").first.click()
+        page.get_by_role("button", name="ID", exact=True).click()
+        expect(page.locator('th[data-sort="id"]')).to_have_attribute("aria-sort", "descending")
+        if server.api("GET", "/tasks")[1]["total"] <= 8:
+            submit(server, "exp-2")  # stays queued while the queue is paused
+        total = server.api("GET", "/tasks")[1]["total"]
+        assert total > 8
+        expect(page.locator("#page-info")).to_have_text(f"Page 1 of {-(-total // 8)}")
+        expect(rows).to_have_count(8)
+        first_ids = [int(r.get_attribute("data-task")) for r in rows.all()]
+        page.get_by_role("button", name="Older ›").click()
+        expect(page.locator("#page-info")).to_have_text(f"Page 2 of {-(-total // 8)}")
+        expect(page.locator("#tasks-meta")).to_contain_text(f"9–{min(16, total)} of {total}")
+        assert "page=2" in page.url
+        older = [int(r.get_attribute("data-task")) for r in rows.all()]
+        assert max(older) < min(first_ids)
+    finally:
+        server.api("POST", "/queue/resume")
+
+
+def test_page_reconnects_after_a_server_restart_and_catches_up(page, server):
+    page.goto(server.url + "/")
+    badge = page.locator("#live-badge")
+    expect(badge).to_have_attribute("data-state", "live")
+    expect(badge).to_have_text("Live")
+    server.stop()
+    expect(badge).to_have_attribute("data-state", "reconnecting")
+    expect(badge).to_have_text("Reconnecting…")
+    server.start()
+    # A batch started while this page was cut off shows up once it is back.
+    batch = submit(server, "exp-1-1")
+    expect(badge).to_have_attribute("data-state", "live", timeout=20000)
+    card = page.locator(f'.batch[data-batch="{batch["id"]}"]')
+    expect(card.locator(".batch-text")).to_contain_text("1/1 done", timeout=20000)
+    row = page.locator(f'#tasks-body tr[data-task="{batch["tasks"][0]["id"]}"]')
+    expect(row.locator(".badge")).to_have_text("succeeded")
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_screenshots(browser, server, artifacts_dir, width, scheme):
+    """Save the dashboard and a task page at laptop and wide sizes, light and dark."""
+    if not server.api("GET", "/tasks?state=succeeded")[1]["tasks"]:
+        wait_batch_done(server, submit(server, "exp-1")["id"])
+    context = browser.new_context(viewport={"width": width, "height": 1000}, color_scheme=scheme)
+    try:
+        pg = context.new_page()
+        pg.goto(server.url + "/")
+        expect(pg.locator("#live-badge")).to_have_attribute("data-state", "live")
+        expect(pg.locator(".device-card")).to_have_count(5)
+        expect(pg.locator("#tasks-body tr").first).to_be_visible()
+        pg.get_by_label("Configs matching").fill("exp-(1|2)")
+        expect(pg.locator("#pattern-status")).to_have_text(re.compile(r"^7 configs match"))
+        bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+        dark = sum(int(x) for x in re.findall(r"\d+", bg)[:3]) < 3 * 128
+        assert dark == (scheme == "dark"), f"{scheme} scheme but body background is {bg}"
+        pg.screenshot(path=os.path.join(artifacts_dir, f"dashboard-{width}-{scheme}.png"), full_page=True)
+        # The page fits the window: no horizontal scrolling.
+        assert pg.evaluate("document.documentElement.scrollWidth") <= width
+        status, listing = server.api("GET", "/tasks?state=succeeded")
+        task_id = listing["tasks"][0]["id"]
+        pg.goto(f"{server.url}/tasks/{task_id}")
+        expect(pg.locator("#task-state")).to_have_text("succeeded")
+        expect(pg.locator("#log")).to_contain_text("done in")
+        pg.screenshot(path=os.path.join(artifacts_dir, f"task-{width}-{scheme}.png"), full_page=True)
+        assert pg.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        context.close()
