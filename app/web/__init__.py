@@ -243,12 +243,14 @@ def build_app(config=None):
     slotrun = Slotrun(settings, runtime, socketio)
     app.extensions["slotrun"] = slotrun
 
-    from . import api, events, views
+    from . import api, events, insight, views
 
     app.register_blueprint(api.bp, url_prefix="/api/v1")
+    app.register_blueprint(insight.bp, url_prefix="/api/v1")
     app.register_blueprint(views.bp)
     _register_errors(app)
     events.register(socketio, slotrun)
+    insight.register(socketio, slotrun)
 
     if _should_start_engine(app):
         try:
