@@ -23,8 +23,9 @@ from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
 from .logs import LOG_NAME
 from .settings import parse_size
-from .task import (ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES, RUNNING,
-                   SKIPPED, SUCCEEDED, DeviceState, Pending, order_key, pick_from_queues)
+from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
+                   RUNNING, SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
+                   pick_from_queues)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class Engine:
             if self._fixed_limits is not None:
                 stored = {d: self._fixed_limits.get(d, 0) for d in self.devices}
             for d in self.devices:
-                default = self.settings["cpu_slots"] if d == CPU else self.settings["gpu_slots"]
+                default = self.settings["cpu_slots"] if device_kind(d) == CPU \
+                    else self.settings["gpu_slots"]
                 self.limits[d] = stored.get(d, default)
             self.learned = self._load_learned()
             self._recover()
@@ -266,9 +268,17 @@ class Engine:
     def check_devices(self, use_gpu, devices):
         """Return the device ids a batch may use, or raise an error naming the valid ones."""
         if not use_gpu:
-            if devices and list(devices) != [CPU]:
-                raise SlotrunError(f"a CPU batch runs on the device 'cpu' only, not {devices}")
-            return [CPU]
+            cpus = [d for d in self.devices if device_kind(d) == CPU]
+            if CPU in self.devices or not cpus:
+                if devices and list(devices) != [CPU]:
+                    raise SlotrunError(f"a CPU batch runs on the device 'cpu' only, not {devices}")
+                return [CPU]
+            if not devices:  # a cluster: the CPU of any node
+                return [ANY_CPU]
+            bad = [d for d in devices if d not in cpus]
+            if bad:
+                raise SlotrunError(f"unknown CPU device {bad[0]!r}; valid: " + ", ".join(cpus))
+            return list(dict.fromkeys(devices))
         if not self.gpu_devices:
             from .devices import NO_GPU_MESSAGE
 
@@ -464,10 +474,13 @@ class Engine:
                 states[d].free_slots for d in self.gpu_devices if d in states):
             for dev in self.inventory.gpus():
                 if dev.id in states:
-                    states[dev.id].free_memory = dev.memory_free
+                    # memory_total 0: no figures yet (a cluster node just joined): no check
+                    states[dev.id].free_memory = dev.memory_free if dev.memory_total else None
                     states[dev.id].held = dev.id in self.probation
         placements = pick_from_queues(self.queues, states, by_owner, self.margin,
-                                      any_gpu=tuple(self.gpu_devices), learned=self.learned)
+                                      any_gpu=tuple(self.gpu_devices), learned=self.learned,
+                                      any_cpu=tuple(d for d in self.devices
+                                                    if device_kind(d) == CPU))
         for placement in placements:
             self._start(placement.task_id, placement.device)
         self._publish_usage()

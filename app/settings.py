@@ -45,6 +45,16 @@ SETTINGS = (
     Setting("page_size", 50, "Tasks per page in the dashboard and the API.", int),
     Setting("executor", "local", "Executor that starts task processes: local or ray."),
     Setting("ray_address", "auto", "Ray cluster address for the ray executor."),
+    Setting("ray_shared_fs", False, "The Ray nodes see the workspace at the same path: tasks run "
+            "in place and results are not copied back.", bool),
+    Setting("ray_log_interval", 0.5, "Seconds between log pulls from the Ray nodes.", float),
+    Setting("ray_sync_exclude", "", "Comma-separated patterns left out of the workspace copy sent "
+            "to the Ray nodes (results/, .slotrun/, .git are always left out)."),
+    Setting("ray_sync_max_size", "256MiB", "Largest workspace copy sent to a Ray node."),
+    Setting("ray_node_dir", "", "Folder on each Ray node for workspace copies and run folders "
+            "(default <tmp>/slotrun-ray-<uid>)."),
+    Setting("ray_call_timeout", 30.0, "Seconds to wait for a Ray node to answer a start or a "
+            "collection.", float),
     Setting("auth", True, "Require logins and API tokens (turn off only on 127.0.0.1).", bool),
     Setting("secret_key", "", "Flask secret key; generated and kept in .slotrun/ when empty."),
     Setting("max_regex_length", 500, "Longest config pattern accepted from the dashboard or API.", int),

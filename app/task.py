@@ -21,6 +21,7 @@ ACTIVE_STATES = frozenset({QUEUED, RUNNING})
 
 CPU = "cpu"
 ANY_GPU = "gpu*"  # a task's device list meaning "any GPU", whichever GPUs exist when it starts
+ANY_CPU = "cpu*"  # a CPU task's device list on a cluster: the CPU of any node
 
 
 def device_kind(device_id):
@@ -86,7 +87,7 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
 
 
 def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
-                     learned=None):
+                     learned=None, any_cpu=None):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -99,12 +100,15 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     waits until the new task's memory has settled); a held device takes nothing.
     Tasks that fit nowhere keep their place. Returns Placements; no limit is ever exceeded.
     A task whose devices are ("gpu*",) may use every GPU (``any_gpu``, default: every device
-    of ``devices`` but the CPU). A task that declares no memory need is taken to need what
+    of ``devices`` but the CPU), one whose devices are ("cpu*",) every CPU device ("NODE/cpu"
+    of a cluster; ``any_cpu``). A task that declares no memory need is taken to need what
     ``learned`` ({family: bytes}) predicts for its family.
     """
     learned = learned or {}
     if any_gpu is None:
         any_gpu = tuple(d for d in devices if device_kind(d) != CPU)
+    if any_cpu is None:
+        any_cpu = tuple(d for d in devices if device_kind(d) == CPU)
     free = {d.id: d.free_slots for d in devices.values()}
     total_free = sum(free.values())
     if not total_free or not queues:
@@ -136,7 +140,8 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
             p = q[idx]
             if p.id in taken:
                 continue
-            allowed = any_gpu if p.devices == (ANY_GPU,) else p.devices
+            allowed = any_gpu if p.devices == (ANY_GPU,) else \
+                any_cpu if p.devices == (ANY_CPU,) else p.devices
             options = [d for d in allowed if fits(p, d)]
             if options:
                 chosen = (p, max(options, key=lambda d: (free[d], -allowed.index(d))))

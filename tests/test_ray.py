@@ -1,0 +1,304 @@
+"""The Ray executor and inventory on a real multi-node Ray cluster on this machine.
+
+Ray's own multi-node test utility (``ray.cluster_utils.Cluster``) starts a head and worker
+nodes as separate raylets on this host; the worker nodes declare GPUs to Ray, so their
+slotrun agents simulate them. Tasks run through the real Engine, with the workspace
+shipped to the nodes and results brought back (as on machines that share no filesystem).
+"""
+
+import json
+import os
+import threading
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from app import settings as settings_mod  # noqa: E402
+from app import task as task_mod  # noqa: E402
+from app.executors.local import process_start_time  # noqa: E402
+from app.executors.ray import RayExecutor  # noqa: E402
+from app.ray_inventory import make_inventory, watch_nodes  # noqa: E402
+from app.scheduler import Engine, gpu_index, state_dir  # noqa: E402
+from app.store import Store  # noqa: E402
+from tests.helpers import ROOT, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
+
+FINAL = {"succeeded", "failed", "cancelled", "interrupted", "skipped"}
+EXP23 = [f"configs/exp-{e}/exp-{e}-{a}-{b}.yaml" for e in (2, 3) for a in (1, 2) for b in (1, 2)]
+
+
+def sim(seconds):
+    """Return a command template whose task simulates ``seconds`` of work."""
+    return f"env SLOTRUN_SIM_TIME={seconds} {{python}} run.py -c {{config}}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without GPUs and two worker nodes declaring 2 and 1 GPUs."""
+    from ray.cluster_utils import Cluster
+
+    mp = pytest.MonkeyPatch()
+    # The nodes' raylets (and so the agents and tasks) inherit this environment.
+    mp.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    mp.setenv("SLOTRUN_SIM_TIME", "0.5")
+    mp.delenv("SLOTRUN_FAKE_GPUS", raising=False)
+    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0, "labels": {"slotrun-name": "head"},
+        "include_dashboard": False})
+    # Each node declares 1 CPU (and a custom resource) to Ray: slotrun's slots must not care.
+    c.add_node(num_cpus=1, num_gpus=2, labels={"slotrun-name": "node-a"}, resources={"lab": 1})
+    c.add_node(num_cpus=1, num_gpus=1, labels={"slotrun-name": "node-b"}, resources={"lab": 1})
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        mp.undo()
+
+
+class Recorder:
+    """Collects the engine's published events."""
+
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event, payload):
+        with self.lock:
+            self.events.append((event, payload))
+
+
+def node_dir(ws):
+    """Return where the test nodes keep their copies (beside the workspace, not in /tmp)."""
+    return os.path.join(os.path.dirname(ws), "nodes")
+
+
+def make_engine(ws, cluster, limits=None, **overrides):
+    s = settings_mod.load({"workspace": ws, "kill_grace": 2, "executor": "ray",
+                           "ray_address": cluster.address, "ray_log_interval": 0.2,
+                           "ray_node_dir": node_dir(ws), **overrides})
+    store = Store(os.path.join(state_dir(ws), "state.db"))
+    eng = Engine(s, store, make_inventory(s), publish=Recorder(),
+                 executor=RayExecutor(None, s), limits=limits)
+    return eng.start(), store
+
+
+def peak(intervals):
+    """Return the most (start, end) intervals open at one instant."""
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    now = top = 0
+    for _, step in points:
+        now += step
+        top = max(top, now)
+    return top
+
+
+def done(store, ids):
+    return all(store.get_task(i)["state"] in FINAL for i in ids)
+
+
+def results_of(ws, config):
+    rel = os.path.splitext(os.path.relpath(config, "configs"))[0]
+    return os.path.join(ws, "results", rel)
+
+
+def write_config(ws, rel, text):
+    path = os.path.join(ws, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return rel
+
+
+def pid_alive(pid):
+    return process_start_time(pid) is not None  # a zombie counts as ended
+
+
+def test_inventory_lists_every_node(workspace, cluster):
+    s = settings_mod.load({"workspace": workspace, "ray_address": cluster.address,
+                           "ray_node_dir": node_dir(workspace)})
+    devs = make_inventory(s).snapshot()
+    ids = [d.id for d in devs]
+    assert ids == ["node-a/gpu0", "node-a/gpu1", "node-b/gpu0", "head/cpu", "node-a/cpu",
+                   "node-b/cpu"]
+    gpu = devs[0]
+    assert gpu.kind == "gpu" and gpu.index == 0 and gpu.node == "node-a"
+    assert gpu.memory_total > gpu.memory_used > 0 and gpu.utilization is not None
+    assert devs[3].kind == "cpu" and devs[3].memory_total > 0
+
+
+def test_batch_across_nodes_with_per_gpu_limits(workspace, cluster):
+    limits = {"node-a/gpu0": 1, "node-a/gpu1": 2, "node-b/gpu0": 1}
+    eng, store = make_engine(workspace, cluster, limits=limits)
+    try:
+        assert eng.gpu_devices == ["node-a/gpu0", "node-a/gpu1", "node-b/gpu0"]
+        b = eng.submit(EXP23, "ann", command=sim(1.0))
+        ids = [t["id"] for t in b["tasks"]]
+        wait_for(lambda: done(store, ids), timeout=120)
+        spans = {}
+        for i in ids:
+            t = store.get_task(i)
+            assert t["state"] == "succeeded", t
+            folder = results_of(workspace, t["config"])
+            with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)  # the task's own record, brought back from its node
+            assert os.path.exists(os.path.join(folder, "area.txt"))
+            assert os.path.exists(os.path.join(folder, ".done"))
+            assert meta["cuda_visible_devices"] == str(gpu_index(t["device"]))
+            spans.setdefault(t["device"], []).append((meta["started"], meta["finished"]))
+            [a] = store.attempts(i)
+            assert a["node"] == t["device"].split("/")[0]
+            with open(os.path.join(a["run_dir"], "output.log"), encoding="utf-8") as f:
+                log_text = f.read()
+            assert "area=" in log_text and "done in" in log_text
+        assert {d.split("/")[0] for d in spans} == {"node-a", "node-b"}
+        for device, intervals in spans.items():
+            assert peak(intervals) <= limits[device], (device, intervals)
+        # node-a declared 1 CPU to Ray, yet ran tasks side by side on its two GPUs
+        assert peak(spans["node-a/gpu0"] + spans["node-a/gpu1"]) >= 2
+    finally:
+        eng.stop()
+
+
+def test_log_tail_streams_back_while_running(workspace, cluster):
+    cfg = write_config(workspace, "configs/stream/slow.yaml",
+                       "model_params:\n  name: circle\n  radius: 1\n  progress_steps: 12\n")
+    eng, store = make_engine(workspace, cluster, limits={"node-b/gpu0": 1})
+    try:
+        b = eng.submit([cfg], "ann", command=sim(6), devices=["node-b/gpu0"])
+        tid = b["tasks"][0]["id"]
+        wait_for(lambda: store.latest_attempt(tid), timeout=30)
+        path = os.path.join(store.latest_attempt(tid)["run_dir"], "output.log")
+
+        def look():
+            """Return (the head's log text, whether the task was still running after it)."""
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            return text, store.get_task(tid)["state"] == "running"
+
+        def when(pred):
+            seen = look()
+            return seen if pred(seen[0]) else None
+
+        first, running = wait_for(lambda: when(lambda text: "step 2/12" in text), timeout=30)
+        assert running and "done in" not in first  # streamed while the task ran
+        later, _ = wait_for(lambda: when(lambda text: len(text) > len(first)), timeout=30)
+        assert later.startswith(first)
+        wait_for(lambda: done(store, [tid]), timeout=30)
+        final, _ = look()
+        assert final.startswith(later) and "step 12/12" in final and "done in" in final
+        assert store.get_task(tid)["state"] == "succeeded"
+    finally:
+        eng.stop()
+
+
+def test_cancel_and_restart_readoption(workspace, cluster):
+    eng, store = make_engine(workspace, cluster, limits={"node-a/gpu0": 1, "node-a/gpu1": 1,
+                                                         "node-b/gpu0": 1})
+    try:
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", command=sim(1),
+                       devices=["node-a/gpu0"])
+        c = eng.submit(["configs/exp-1/exp-1-2.yaml"], "ann", command=sim(10),
+                       devices=["node-a/gpu1"])
+        d = eng.submit(["configs/exp-1/exp-1-3.yaml"], "ann", command=sim(60),
+                       devices=["node-b/gpu0"])
+        short, long_, victim = (x["tasks"][0]["id"] for x in (b, c, d))
+        wait_for(lambda: all(store.get_task(i)["state"] == "running"
+                             and store.latest_attempt(i)["pid"] for i in (short, long_, victim)),
+                 timeout=30)
+        pid = store.latest_attempt(victim)["pid"]
+        eng.cancel_task(victim)
+        wait_for(lambda: store.get_task(victim)["state"] == "cancelled", timeout=20)
+        wait_for(lambda: not pid_alive(pid), timeout=10)
+    finally:
+        eng.stop()  # the head goes away; its tasks keep running on their nodes
+    short_pid, long_pid = (store.latest_attempt(i)["pid"] for i in (short, long_))
+    assert pid_alive(long_pid)
+    wait_for(lambda: not pid_alive(short_pid), timeout=20)  # ends while no head listens
+    assert store.get_task(short)["state"] == "running"
+    eng, store = make_engine(workspace, cluster, limits={"node-a/gpu0": 1, "node-a/gpu1": 1})
+    try:
+        assert set(eng.running) == {long_}  # re-adopted, not restarted
+        t = store.get_task(short)  # ended meanwhile: its log and results were brought back
+        assert t["state"] == "succeeded" and t["attempts"] == 1
+        assert os.path.exists(os.path.join(results_of(workspace, t["config"]), "meta.json"))
+        with open(os.path.join(store.latest_attempt(short)["run_dir"], "output.log")) as f:
+            assert "done in" in f.read()
+        wait_for(lambda: done(store, [long_]), timeout=30)
+        t = store.get_task(long_)
+        assert t["state"] == "succeeded" and t["attempts"] == 1
+        assert os.path.exists(os.path.join(results_of(workspace, t["config"]), "meta.json"))
+        assert store.latest_attempt(long_)["pid"] == long_pid
+    finally:
+        eng.stop()
+
+
+def test_shared_filesystem_writes_results_in_place(workspace, cluster):
+    eng, store = make_engine(workspace, cluster, limits={"node-b/gpu0": 1}, ray_shared_fs=True)
+    try:
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", command=sim(0.2),
+                       devices=["node-b/gpu0"])
+        tid = b["tasks"][0]["id"]
+        wait_for(lambda: done(store, [tid]), timeout=30)
+        assert store.get_task(tid)["state"] == "succeeded"
+        with open(os.path.join(results_of(workspace, "configs/exp-1/exp-1-1.yaml"),
+                               "meta.json"), encoding="utf-8") as f:
+            assert json.load(f)["cuda_visible_devices"] == "0"
+    finally:
+        eng.stop()
+
+
+def test_nodes_join_and_leave_and_a_lost_node_interrupts_its_task(workspace, cluster):
+    eng, store = make_engine(workspace, cluster, limits={"node-a/gpu0": 0})
+    watcher = watch_nodes(eng, eng.inventory, interval=0.2)
+    try:
+        assert not any(d.startswith("gpu-c/") for d in eng.devices)
+        node = cluster.add_node(num_cpus=1, num_gpus=1, labels={"slotrun-name": "gpu-c"})
+        wait_for(lambda: "gpu-c/gpu0" in eng.gpu_devices and "gpu-c/cpu" in eng.devices,
+                 timeout=30)  # the engine learnt of the new node by itself
+        assert eng.usage()["gpu-c/gpu0"] == {"slots": 1, "running": 0}
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", command=sim(120),
+                       devices=["gpu-c/gpu0"])
+        tid = b["tasks"][0]["id"]
+        wait_for(lambda: store.get_task(tid)["state"] == "running"
+                 and store.latest_attempt(tid)["pid"], timeout=30)
+        run_dir = store.latest_attempt(tid)["run_dir"]
+        wait_for(lambda: os.path.getsize(os.path.join(run_dir, "output.log")) > 0, timeout=30)
+        pid = store.latest_attempt(tid)["pid"]
+        cluster.remove_node(node)
+        wait_for(lambda: store.get_task(tid)["state"] == "interrupted", timeout=60)
+        t = store.get_task(tid)
+        assert t["message"] == "node gpu-c was lost" and t["attempts"] == 1
+        with open(os.path.join(run_dir, "output.log"), encoding="utf-8") as f:
+            assert "node gpu-c was lost" in f.read()
+        wait_for(lambda: not pid_alive(pid), timeout=10)  # no orphan left behind
+        wait_for(lambda: not any(d.startswith("gpu-c/") for d in eng.devices), timeout=30)
+    finally:
+        watcher.stop()
+        eng.stop()
+
+
+@pytest.mark.skipif(not hasattr(task_mod, "ANY_CPU"),
+                    reason="the engine has no cluster CPU batches yet")
+def test_cpu_batch_runs_on_the_cpus_of_the_nodes(workspace, cluster):
+    eng, store = make_engine(workspace, cluster, limits={"node-a/cpu": 1, "node-b/cpu": 1})
+    try:
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml", "configs/exp-1/exp-1-2.yaml"], "ann",
+                       use_gpu=False, command=sim(0.5))
+        ids = [t["id"] for t in b["tasks"]]
+        wait_for(lambda: done(store, ids), timeout=30)
+        assert {store.get_task(i)["state"] for i in ids} == {"succeeded"}
+        assert {store.get_task(i)["device"] for i in ids} <= {"node-a/cpu", "node-b/cpu"}
+        for i in ids:
+            with open(os.path.join(results_of(workspace, store.get_task(i)["config"]),
+                                   "meta.json"), encoding="utf-8") as f:
+                assert json.load(f)["cuda_visible_devices"] == ""
+    finally:
+        eng.stop()
