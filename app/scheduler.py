@@ -24,7 +24,7 @@ from .executors import LaunchSpec
 from .logs import LOG_NAME
 from .settings import parse_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
-                   RUNNING, SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
+                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
                    pick_from_queues)
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class Engine:
         self.executor = executor
         self.queued = {}  # task id -> Queued
         self.queues = {}  # owner -> [Pending] sorted by order_key
+        self.last_start = {}  # owner -> number of its latest start (round-robin between owners)
+        self._starts = 0
         self.running = {}  # task id -> Running
         self.batches = {}  # batch id -> BatchInfo
         self.limits = {}
@@ -480,8 +482,11 @@ class Engine:
         placements = pick_from_queues(self.queues, states, by_owner, self.margin,
                                       any_gpu=tuple(self.gpu_devices), learned=self.learned,
                                       any_cpu=tuple(d for d in self.devices
-                                                    if device_kind(d) == CPU))
+                                                    if device_kind(d) == CPU),
+                                      last_start=self.last_start)
         for placement in placements:
+            self._starts += 1
+            self.last_start[placement.owner] = self._starts
             self._start(placement.task_id, placement.device)
         self._publish_usage()
 

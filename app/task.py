@@ -87,7 +87,7 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
 
 
 def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
-                     learned=None, any_cpu=None):
+                     learned=None, any_cpu=None, last_start=None):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -102,7 +102,9 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     A task whose devices are ("gpu*",) may use every GPU (``any_gpu``, default: every device
     of ``devices`` but the CPU), one whose devices are ("cpu*",) every CPU device ("NODE/cpu"
     of a cluster; ``any_cpu``). A task that declares no memory need is taken to need what
-    ``learned`` ({family: bytes}) predicts for its family.
+    ``learned`` ({family: bytes}) predicts for its family. ``last_start`` ({owner: n}, larger
+    is more recent) breaks ties between owners with as many running: the owner served least
+    recently goes first, so that even a single slot alternates between owners.
     """
     learned = learned or {}
     if any_gpu is None:
@@ -116,6 +118,8 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     mem = {d.id: d.free_memory for d in devices.values()}
     held = {d.id for d in devices.values() if d.held}
     load = dict(running_by_owner or {})
+    recent = dict(last_start or {})
+    stamp = max(recent.values(), default=0)
     cursor = {o: 0 for o, q in queues.items() if q}
     taken = set()
     started_on = set()
@@ -133,7 +137,8 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
         return p.memory or learned.get(p.family, 0)
 
     while total_free and cursor:
-        owner = min(cursor, key=lambda o: (load.get(o, 0), order_key(queues[o][cursor[o]]), o))
+        owner = min(cursor, key=lambda o: (load.get(o, 0), recent.get(o, float("-inf")),
+                                           order_key(queues[o][cursor[o]]), o))
         q = queues[owner]
         chosen = None
         for idx in range(cursor[owner], len(q)):
@@ -161,5 +166,7 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
             mem[dev] -= need(p)
             started_on.add(dev)
         load[owner] = load.get(owner, 0) + 1
+        stamp += 1
+        recent[owner] = stamp
         placements.append(Placement(p.id, dev, owner))
     return placements

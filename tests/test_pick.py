@@ -163,3 +163,23 @@ def test_large_queue_pick_is_lazy():
     out = pick_from_queues(queues, devs({"cpu": 2}))
     assert [p.task_id for p in out] == [0, 1]
     assert len(queues["ann"]) == 100000  # input not mutated
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30))
+def test_one_slot_alternates_between_owners(n_a, n_b):
+    """With one slot, starts alternate between owners while both have work."""
+    from app.task import pick_from_queues
+
+    queues = {"ann": [Pending(i, "ann", ("cpu",), 0, i) for i in range(n_a)],
+              "bob": [Pending(1000 + i, "bob", ("cpu",), 0, 1000 + i) for i in range(n_b)]}
+    last, order, stamp = {}, [], 0
+    while queues["ann"] or queues["bob"]:
+        [pl] = pick_from_queues({o: q for o, q in queues.items() if q}, devs({"cpu": 1}),
+                                last_start=last)
+        stamp += 1
+        last[pl.owner] = stamp
+        order.append(pl.owner)
+        queues[pl.owner] = [p for p in queues[pl.owner] if p.id != pl.task_id]
+    both = 2 * min(n_a, n_b)
+    assert all(order[i] != order[i + 1] for i in range(both - 1))
