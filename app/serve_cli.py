@@ -4,6 +4,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 
 from . import settings as settings_mod
@@ -16,23 +17,36 @@ def add_commands(sub):
         "serve", help="serve the dashboard and run the queue",
         description="Serve the slotrun dashboard (Flask + Socket.IO) and run the task queue of "
                     "a workspace. For production use gunicorn: "
-                    "gunicorn -w 1 --threads 50 'app:create_app()'.")
+                    "gunicorn -w 1 --threads 100 'app:create_app()'.")
     p.add_argument("--host", default=None,
                    help=f"address to bind (default {defaults['host'].default})")
     p.add_argument("--port", type=int, default=None,
                    help=f"port to listen on (default {defaults['port'].default})")
     p.add_argument("--workspace", default=None, metavar="DIR",
                    help="workspace folder (default: the current folder or $SLOTRUN_WORKSPACE)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where tasks run: this machine (local, the default) or the machines of "
+                        "a Ray cluster (ray; see docs/several-machines.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help=f"Ray cluster address for --executor ray "
+                        f"(default {defaults['ray_address'].default})")
     p.add_argument("--reload", action="store_true",
                    help="restart when the code changes (development)")
     p.set_defaults(func=serve)
 
 
 def _is_loopback(host):
-    if host == "localhost":
+    if host in ("localhost", "localhost.localdomain"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host):
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
     except ValueError:
         return False
 
@@ -42,23 +56,34 @@ def serve(args):
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_mod.load({"workspace": args.workspace, "host": args.host,
-                                  "port": args.port})
+                                  "port": args.port, "executor": args.executor,
+                                  "ray_address": args.ray_address})
+    if settings["executor"] not in ("local", "ray"):
+        from .errors import SlotrunError
+
+        raise SlotrunError(f"unknown executor {settings['executor']!r}; valid: local, ray")
     ws, host, port = settings["workspace"], settings["host"], int(settings["port"])
     if not 0 < port < 65536:
         from .errors import SlotrunError
 
         raise SlotrunError(f"--port must be from 1 to 65535, not {port}")
+    if not settings["auth"] and not _is_loopback(host):
+        from .errors import SlotrunError
+
+        raise SlotrunError(
+            f"refusing to serve on {host} with auth turned off (auth: false or "
+            "SLOTRUN_AUTH=false): anyone who can reach the port would act as an admin. Bind "
+            "127.0.0.1 (the default), or turn auth on and add users (python -m app users add "
+            "NAME --role admin)")
     if not os.path.isdir(os.path.join(ws, settings["configs_dir"])):
         print(f"warning: no {settings['configs_dir']}/ folder in the workspace {ws}; "
               "batches will find no config (pass --workspace DIR)", file=sys.stderr)
-    if not _is_loopback(host):
-        print(f"warning: serving on {host} without accounts: anyone who can reach this port "
-              "can start and cancel tasks", file=sys.stderr)
     reloader_child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
     from . import create_app
 
     # Under --reload the watching parent never serves: only the child starts the engine.
-    app = create_app({"workspace": ws, "host": host, "port": port,
+    app = create_app({"workspace": ws, "host": host, "port": port, "ANNOUNCE_SETUP": False,
+                      "executor": settings["executor"], "ray_address": settings["ray_address"],
                       "START_ENGINE": (not args.reload) or reloader_child})
     slotrun = app.extensions["slotrun"]
     if not args.reload or reloader_child:
@@ -68,6 +93,18 @@ def serve(args):
         print(f"slotrun dashboard on http://{_url_host(host)}:{port}/ (workspace {ws}, "
               f"{gpus}{kind} GPU(s)); Ctrl-C stops the server, running tasks keep running",
               flush=True)
+        if not settings["auth"]:
+            print(f"auth is off: everyone on this machine acts as the admin "
+                  f"{slotrun.local_user['name']} (the server answers local connections only)",
+                  flush=True)
+        elif slotrun.setup_token is not None:
+            shown = socket.gethostname() if _is_wildcard(host) else _url_host(host)
+            print("No account exists yet. Create the first admin with this one-time link "
+                  "(or run: python -m app users add NAME --role admin):\n"
+                  f"    {slotrun.setup_url(f'http://{shown}:{port}')}", flush=True)
+        elif not _is_loopback(host):
+            print(f"note: serving plain HTTP on {host}; beyond a trusted network put an HTTPS "
+                  "reverse proxy in front", flush=True)
     if not args.reload:
         # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)

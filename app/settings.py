@@ -55,6 +55,8 @@ SETTINGS = (
             "(default <tmp>/slotrun-ray-<uid>)."),
     Setting("ray_call_timeout", 30.0, "Seconds to wait for a Ray node to answer a start or a "
             "collection.", float),
+    Setting("trust_proxy", False, "Trust one reverse proxy's X-Forwarded-For/-Proto/-Host "
+            "(secure cookies and real client addresses behind HTTPS).", bool),
     Setting("auth", True, "Require logins and API tokens (turn off only on 127.0.0.1).", bool),
     Setting("secret_key", "", "Flask secret key; generated and kept in .slotrun/ when empty."),
     Setting("max_regex_length", 500, "Longest config pattern accepted from the dashboard or API.", int),

@@ -27,8 +27,9 @@ def make_app(workspace, monkeypatch):
             monkeypatch.setenv("SLOTRUN_FAKE_GPUS", str(gpus))
         else:
             monkeypatch.delenv("SLOTRUN_FAKE_GPUS", raising=False)
+        # Accounts are tested in test_access / test_security: here everyone is the local admin.
         config = {"TESTING": True, "workspace": workspace, "log_push_interval": 0.05,
-                  "device_refresh": 0.2}
+                  "device_refresh": 0.2, "auth": False}
         config.update(overrides)
         app = create_app(config)
         apps.append(app)
@@ -507,8 +508,9 @@ def test_every_route_answers_with_its_access_check(client):
     wait_batch(client, b["id"])
     tid = b["tasks"][0]["id"]
     values = {"task_id": tid, "batch_id": b["id"], "device_id": "gpu0", "subpath": "area.txt",
-              "filename": "css/app.css"}
-    bodies = {"api.batch_create": {"pattern": "exp-1-1"}, "api.device_update": {"slots": 1}}
+              "filename": "css/app.css", "token_id": 1, "name": "nobody"}
+    bodies = {"api.batch_create": {"pattern": "exp-1-1"}, "api.device_update": {"slots": 1},
+              "api.batch_priority": {"priority": 1}}
     app = client.application
     seen = 0
     for rule in app.url_map.iter_rules():

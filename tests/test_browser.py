@@ -453,3 +453,144 @@ def test_screenshots(browser, server, artifacts_dir, width, scheme):
         assert pg.evaluate("document.documentElement.scrollWidth") <= width
     finally:
         context.close()
+
+
+# -- accounts: a second server with logins on ----------------------------------------------------
+
+class AuthServer(Server):
+    """A server with accounts on; its API is called with a bearer token."""
+
+    def start(self):
+        """Start the server and wait until it answers (401 to strangers)."""
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+                cwd=self.workspace, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.api("GET", "/status")[0] == 401
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, interval=0.1, message="server did not answer /api/v1/status")
+
+    def api(self, method, path, body=None, token=None):
+        """Call the JSON API (as the token's user); return (status, parsed JSON)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+ACCOUNTS = {"ada": "admin", "mia": "member", "vic": "viewer"}
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """A real server with accounts on (an admin, a member, a viewer), 2 simulated GPUs."""
+    from app.accounts import Accounts
+    from app.store import Store
+
+    base = tmp_path_factory.mktemp("browser-auth")
+    ws = make_workspace(base / "ws")
+    acc = Accounts(Store(os.path.join(ws, ".slotrun", "state.db")))
+    for name, role in ACCOUNTS.items():
+        acc.add_user(name, role, f"pw-{name}-123")
+    env = task_env(SLOTRUN_FAKE_GPUS=2, SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"),
+                   SLOTRUN_AUTH="true", SLOTRUN_SIM_TIME=0.3)
+    env.pop("SLOTRUN_WORKSPACE", None)
+    srv = AuthServer(ws, env, free_port(), base / "server.log")
+    srv.tokens = {name: acc.create_token(name, "browser")[1] for name in ACCOUNTS}
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def auth_page(browser, auth_server):
+    """A fresh page on the accounts server; JavaScript errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()
+    bad = [e for e in errors if not e.startswith("Failed to load resource")
+           and "websocket" not in e.lower()]
+    assert not bad, f"JavaScript errors on the page: {bad}"
+
+
+def sign_in(page, server, name):
+    """Log in through the login page (the dashboard sends a stranger there)."""
+    page.goto(server.url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(f"pw-{name}-123")
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(server.url + "/")
+    expect(page.locator("#user-menu .user-name")).to_contain_text(name)
+
+
+def test_log_in_submit_and_log_out(auth_page, auth_server):
+    page = auth_page
+    sign_in(page, auth_server, "mia")
+    # The live connection signs in with the session (and the page's CSRF token).
+    expect(page.locator("#live-badge")).to_have_attribute("data-state", "live")
+    page.get_by_label("Configs matching").fill("exp-1")
+    expect(page.locator("#pattern-status")).to_have_text(re.compile(r"^3 configs match"))
+    page.get_by_label("Overwrite: rerun configs whose results are already complete").check()
+    page.get_by_role("button", name="Check…").click()
+    page.get_by_role("button", name="Start 3 tasks").click()
+    expect(page.locator(".toast")).to_contain_text("3 tasks queued")
+    status, batches = auth_server.api("GET", "/batches", token=auth_server.tokens["ada"])
+    assert status == 200 and batches["batches"][0]["owner"] == "mia"
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto(auth_server.url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+    assert page.evaluate("fetch('/api/v1/status').then(r => r.status)") == 401
+
+
+def test_a_viewer_sees_no_cancel_buttons_and_the_api_refuses_anyway(auth_page, auth_server):
+    page = auth_page
+    tokens = auth_server.tokens
+    assert auth_server.api("POST", "/queue/pause", {}, tokens["ada"])[0] == 200
+    try:
+        status, batch = auth_server.api("POST", "/batches", {
+            "pattern": "exp-2", "use_gpu": True, "overwrite": True}, tokens["mia"])
+        assert status == 201, batch
+        tid = batch["tasks"][0]["id"]
+        sign_in(page, auth_server, "vic")
+        expect(page.locator("body")).to_have_class(re.compile(r"\bread-only\b"))
+        row = page.locator(f'#tasks-body tr[data-task="{tid}"]')
+        expect(row.locator(".badge")).to_have_text("queued")
+        expect(page.get_by_role("button", name=re.compile(r"^Cancel task"))).to_have_count(0)
+        expect(page.get_by_role("button", name=re.compile(r"^Cancel batch"))).to_have_count(0)
+        expect(page.get_by_role("button", name=re.compile(r"^Retry task"))).to_have_count(0)
+        expect(page.locator("#new-batch-panel")).to_be_hidden()
+        # The API refuses even a hand-made call with the page's own CSRF token.
+        answer = page.evaluate("""async (tid) => {
+            const boot = JSON.parse(document.getElementById('bootstrap').textContent);
+            const r = await fetch(`/api/v1/tasks/${tid}/cancel`, {method: 'POST',
+                headers: {'Content-Type': 'application/json', 'X-CSRFToken': boot.csrf_token},
+                body: '{}'});
+            return [r.status, (await r.json()).error];
+        }""", tid)
+        assert answer[0] == 403 and "viewer (read-only)" in answer[1], answer
+        assert auth_server.api("GET", f"/tasks/{tid}", token=tokens["ada"])[1]["state"] == "queued"
+    finally:
+        auth_server.api("POST", "/queue/resume", {}, tokens["ada"])

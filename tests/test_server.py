@@ -102,8 +102,10 @@ class Recorder:
 @pytest.fixture
 def env(workspace, tmp_path):
     """The environment of a server with 4 simulated GPUs on the test's workspace."""
+    # Accounts off (loopback only): the two-user runs with accounts are in test_access.
     return task_env(SLOTRUN_FAKE_GPUS=4, SLOTRUN_SIM_TIME=0.2, SLOTRUN_WORKSPACE=workspace,
-                    SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu"), PYTHONUNBUFFERED=1)
+                    SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu"), PYTHONUNBUFFERED=1,
+                    SLOTRUN_AUTH="false")
 
 
 def task_states(rec, ids):

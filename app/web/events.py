@@ -7,19 +7,20 @@ thread that reads followed logs: every ``log_push_interval`` seconds it sends ea
 task's new bytes (at most ``log_push_max_bytes``) to the task's room.
 """
 
+import hmac
 import logging
 import os
 import queue
 import threading
 import time
 
-from flask import request
-from flask_socketio import emit
+from flask import g, request, session
+from flask_socketio import ConnectionRefusedError, emit
 
 from ..errors import SlotrunError
 from ..logs import LOG_NAME, read_from
 from ..task import STATES
-from . import authorize
+from . import authorize, bearer_token, is_loopback
 from .api import batch_json, device_list, task_json
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ def register(socketio, slotrun):
 
     @socketio.on("connect")
     def on_connect(auth=None):
-        """Accept a client and send it the queue state and the devices at once."""
+        """Accept a signed-in client and send it the queue state and the devices at once."""
         try:
+            sign_in_socket(slotrun, request.sid, auth)
             authorize("socket.connect")
         except SlotrunError as e:
+            slotrun.forget_socket(request.sid)
             raise ConnectionRefusedError(e.message) from None
         slotrun.clients.add(request.sid)
         emit("queue", queue_payload(slotrun))
@@ -62,6 +65,7 @@ def register(socketio, slotrun):
         """Forget a client's follows."""
         slotrun.clients.discard(request.sid)
         slotrun.logs.drop(request.sid)
+        slotrun.forget_socket(request.sid)
 
     @socketio.on("follow")
     def on_follow(data=None):
@@ -90,6 +94,51 @@ def register(socketio, slotrun):
         log.exception("Socket.IO event failed")
         return {"error": "internal error: the event failed; the details are in the server's log",
                 "status": 500}
+
+
+def sign_in_socket(slotrun, sid, auth):
+    """Decide who a connecting client is, remember it for its events; raise if nobody.
+
+    A token (``Authorization: Bearer`` or ``auth={"token": ...}``) signs in any client. A
+    browser's session cookie counts only with the page's CSRF token in ``auth`` (so only
+    the dashboard's own pages use it) and, for a websocket, with an ``Origin`` header: a
+    websocket without one comes from a script, which must use a token. Cross-origin
+    requests never get here: the Socket.IO server refuses them (same origin only).
+    """
+    from ..errors import Unauthorized
+
+    if not slotrun.auth:
+        if not is_loopback(request.remote_addr):
+            raise Unauthorized("this server runs with auth turned off, so it answers only "
+                               "local connections")
+        slotrun.remember_socket(sid, {"via": "local"})
+        g.slotrun_user = slotrun.local_user
+        return
+    token = bearer_token(auth)
+    if token is not None:
+        user = slotrun.accounts.user_for_token(token)
+        if user is None:
+            raise Unauthorized("the API token is not valid (revoked, or mistyped)")
+        slotrun.remember_socket(sid, {"via": "token", "token_id": user["token_id"],
+                                      "uid": user["id"]})
+        g.slotrun_user = {"id": user["id"], "name": user["name"], "role": user["role"]}
+        return
+    websocket = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket" \
+        or request.args.get("transport") == "websocket"
+    if websocket and not request.headers.get("Origin"):
+        raise Unauthorized("a websocket without an Origin header must sign in with a token "
+                           "(Authorization: Bearer TOKEN or auth={\"token\": TOKEN})")
+    user = slotrun.session_user(session)
+    if user is None:
+        raise Unauthorized("sign in first: log in at /login, or connect with a token")
+    sent = auth.get("csrf") if isinstance(auth, dict) else None
+    if not isinstance(sent, str) or not hmac.compare_digest(
+            sent.encode("utf-8", "replace"), str(session.get("csrf", "")).encode()):
+        raise Unauthorized("a session's Socket.IO connection must send the page's CSRF token "
+                           "as auth={\"csrf\": ...}")
+    slotrun.remember_socket(sid, {"via": "session", "uid": session.get("uid"),
+                                  "since": session.get("since"), "pwh": session.get("pwh")})
+    g.slotrun_user = user
 
 
 def _task_arg(data):
@@ -126,6 +175,7 @@ class Emitter:
     SLOTS_INTERVAL = 0.25
     DEDUPE_OVER = 200  # a flush holding more task changes keeps only each task's latest
     BURST_CAP = 1000  # more changed tasks than this in one flush: one "tasks" notice instead
+    RECHECK_INTERVAL = 5.0  # seconds between checks that connected clients are still signed in
 
     def __init__(self, socketio, slotrun):
         self.socketio = socketio
@@ -141,6 +191,7 @@ class Emitter:
         self.last_summary = 0.0
         self.last_slots = 0.0
         self.next_devices = None
+        self.next_recheck = 0.0
 
     def start(self):
         """Start the emitter thread."""
@@ -220,6 +271,11 @@ class Emitter:
 
     def _flush(self, tasks):
         s = self.slotrun
+        now = time.monotonic()
+        if s.auth and now >= self.next_recheck:
+            # A token revoked or a user removed elsewhere (the CLI) ends its live connections.
+            s.recheck_sockets()
+            self.next_recheck = now + self.RECHECK_INTERVAL
         usage = s.engine.usage()
         for bid in self.new_batches:
             self._emit("batch", batch_json(s.store.get_batch(bid), usage, s.store))

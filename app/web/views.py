@@ -1,42 +1,69 @@
-"""The HTML pages: the dashboard and a task's page (their data comes from the API)."""
+"""The HTML pages: the dashboard, a task's page, and the account pages (login, set-up,
+one's API tokens, the admin's users page). The dashboard's data comes from the API."""
 
+import hmac
+import logging
 import time
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, redirect, render_template, request, session, url_for
 
+from ..accounts import ROLES, can
+from ..errors import Conflict, NotFound, SlotrunError
 from ..task import ACTIVE_STATES, FINAL_STATES, RETRYABLE_STATES, STATES
-from . import VERSION, authorize, current_user, get_slotrun
+from . import (VERSION, authorize, csrf_token, current_user, get_slotrun, public, safe_next,
+               wants_json)
 from .events import LOG_TAIL_LINES
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("views", __name__)
 
 
 def bootstrap(**extra):
     """Return the small JSON the page scripts start from (settings, user, names)."""
-    s = get_slotrun().settings
+    s = get_slotrun()
+    settings = s.settings
     root = request.script_root
+    user = current_user()
+    role = user["role"] if user else None
     data = {
         "api": f"{root}/api/v1",
         "socketio_path": f"{root}/socket.io",
-        "page_size": int(s["page_size"]),
-        "device_refresh": float(s["device_refresh"]),
-        "log_push_interval": float(s["log_push_interval"]),
+        "page_size": int(settings["page_size"]),
+        "device_refresh": float(settings["device_refresh"]),
+        "log_push_interval": float(settings["log_push_interval"]),
         "log_tail": LOG_TAIL_LINES,
-        "max_regex_length": int(s["max_regex_length"]),
+        "max_regex_length": int(settings["max_regex_length"]),
         "states": list(STATES),
         "final_states": sorted(FINAL_STATES),
         "active_states": sorted(ACTIVE_STATES),
         "retryable_states": sorted(RETRYABLE_STATES),
-        "user": {"name": current_user(), "role": "admin"},
-        "read_only": False,
+        "user": {"name": user["name"], "role": role} if user else None,
+        "read_only": role == "viewer",
+        # What the page may offer; the server checks every call again anyway.
+        "permissions": {a: bool(user) and can(user, a, user["name"])
+                        for a in ("submit", "slots", "queue", "priority", "users")},
+        "auth": s.auth,
         "server_time": time.time(),
         "version": VERSION,
         "batch": None,
         "task": None,
     }
+    if s.auth:
+        token = csrf_token()
+        data.update(csrf_token=token, login_url=f"{root}/login",
+                    logout_url=f"{root}/logout" if user else None,
+                    account_url=f"{root}/account" if user else None,
+                    users_url=f"{root}/users" if role == "admin" else None,
+                    # A session's socket proves it comes from this page (see events.connect).
+                    socket_auth={"csrf": token})
+    else:
+        data.update(users_url=f"{root}/users")
     data.update(extra)
     return data
 
+
+# -- the dashboard --------------------------------------------------------------------------------
 
 @bp.get("/")
 def index():
@@ -59,3 +86,255 @@ def task_page(task_id):
     t = get_slotrun().store.get_task(task_id)
     authorize("page.view", t)
     return render_template("task.html", bootstrap=bootstrap(task=task_id), task_id=task_id)
+
+
+# -- signing in and out ---------------------------------------------------------------------------
+
+def _form(name, limit=1100):
+    value = request.form.get(name, "")
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _page(template, status=200, **context):
+    response = render_template(template, bootstrap=bootstrap(), **context)
+    return response, status, {"Cache-Control": "no-store"}
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@public
+def login():
+    """Show the login form; sign in with a user name and password."""
+    authorize("auth.login")
+    s = get_slotrun()
+    target = safe_next(request.values.get("next") or "/")
+    if not s.auth:
+        return redirect(target)
+    if request.method == "GET":
+        if current_user() is not None:
+            return redirect(target)
+        return _page("login.html", next=target, name="", error=None,
+                     setup=not s.accounts.has_users())
+    name = _form("name", 64).strip()
+    password = _form("password")
+    address = request.remote_addr or "?"
+    wait = max(s.login_by_name.retry_after(name.lower()), s.login_by_address.retry_after(address))
+    if wait:
+        log.warning("login refused for %r from %s: too many failed attempts", name[:64], address)
+        message = f"too many failed logins: try again in {wait} s"
+        if wants_json():
+            from . import _error_response
+
+            return _error_response(429, message, {"Retry-After": str(wait)})
+        body, status, headers = _page("login.html", 429, next=target, name=name, error=message,
+                                      setup=False)
+        return body, status, {**headers, "Retry-After": str(wait)}
+    user = s.accounts.authenticate(name, password) if name and password else None
+    if user is None:
+        s.login_by_name.fail(name.lower())
+        s.login_by_address.fail(address)
+        log.info("failed login for %r from %s", name[:64], address)
+        return _page("login.html", 401, next=target, name=name,
+                     error="wrong user name or password", setup=not s.accounts.has_users())
+    s.login_by_name.reset(name.lower())
+    s.start_session(session, user)
+    log.info("%s signed in from %s", user["name"], address)
+    return redirect(target, 303)
+
+
+@bp.post("/logout")
+@public
+def logout():
+    """Sign out: forget the session."""
+    authorize("auth.logout")
+    session.clear()
+    return redirect(url_for("views.login"), 303)
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+@public
+def setup():
+    """Create the first admin with the one-time link printed on the server's console."""
+    authorize("auth.setup")
+    s = get_slotrun()
+    if not s.auth or s.setup_token is None or s.accounts.has_users():
+        raise NotFound("the server is already set up: log in instead (an admin adds users "
+                       "on the Users page or with python -m app users add NAME)")
+    given = request.values.get("token", "")
+    address = request.remote_addr or "?"
+    wait = s.login_by_address.retry_after(address)
+    if wait:
+        raise SlotrunError(f"too many failed attempts: try again in {wait} s", status=429)
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                             s.setup_token.encode()):
+        s.login_by_address.fail(address)
+        return _page("setup.html", 403, token="", name="", error=(
+            "this set-up link is not valid: use the link printed on the server's console "
+            "(a restarted server prints a new one)"), valid=False)
+    if request.method == "GET":
+        return _page("setup.html", token=given, name="", error=None, valid=True)
+    name = _form("name", 64).strip()
+    password, again = _form("password"), _form("password2")
+    error = None
+    if password != again:
+        error = "the two passwords differ"
+    else:
+        with s.setup_lock:
+            if s.setup_token is None or s.accounts.has_users():
+                raise NotFound("the server is already set up: log in instead")
+            try:
+                user = s.accounts.add_user(name, "admin", password)
+            except SlotrunError as e:
+                error = e.message
+            else:
+                s.setup_token = None
+    if error:
+        return _page("setup.html", 400, token=given, name=name, error=error, valid=True)
+    s.start_session(session, user)
+    log.info("first admin %s created from %s", user["name"], address)
+    return redirect(url_for("views.index"), 303)
+
+
+# -- one's own account: API tokens and password ---------------------------------------------------
+
+def _me():
+    """Return the signed-in user's account row (auth on) or None (auth off)."""
+    s = get_slotrun()
+    if not s.auth:
+        return None
+    return s.accounts.user(current_user()["name"])
+
+
+def _account_page(status=200, new_token=None, message=None, error=None):
+    s = get_slotrun()
+    me = _me()
+    tokens = s.accounts.list_tokens(me["name"]) if me else []
+    return _page("account.html", status, me=me, tokens=tokens, new_token=new_token,
+                 message=message, error=error)
+
+
+@bp.get("/account")
+def account():
+    """Show the signed-in user's API tokens and the password form."""
+    authorize("account.read")
+    return _account_page()
+
+
+@bp.post("/account/tokens")
+def token_create():
+    """Create an API token for the signed-in user; the page shows it once."""
+    authorize("token.create")
+    me = _me()
+    if me is None:
+        raise Conflict("auth is turned off on this server: API tokens are not used")
+    label = _form("label", 100).strip() or "token"
+    token_id, token = get_slotrun().accounts.create_token(me["name"], label)
+    log.info("%s created API token %s", me["name"], token_id)
+    return _account_page(201, new_token={"id": token_id, "label": label, "token": token})
+
+
+@bp.post("/account/tokens/<id:token_id>/revoke")
+def token_revoke(token_id):
+    """Revoke one of the signed-in user's API tokens."""
+    authorize("token.revoke")
+    me = _me()
+    if me is None:
+        raise Conflict("auth is turned off on this server: API tokens are not used")
+    s = get_slotrun()
+    s.accounts.revoke_token(me["name"], token_id)
+    s.recheck_sockets(lambda e: e.get("token_id") == token_id)
+    log.info("%s revoked API token %s", me["name"], token_id)
+    return redirect(url_for("views.account"), 303)
+
+
+@bp.post("/account/password")
+def password_change():
+    """Change the signed-in user's password (the current one is asked again)."""
+    authorize("password.change")
+    me = _me()
+    if me is None:
+        raise Conflict("auth is turned off on this server: there is no password to change")
+    s = get_slotrun()
+    if s.accounts.authenticate(me["name"], _form("current")) is None:
+        return _account_page(400, error="the current password is wrong")
+    new, again = _form("password"), _form("password2")
+    if new != again:
+        return _account_page(400, error="the two new passwords differ")
+    try:
+        s.accounts.set_password(me["name"], new)
+    except SlotrunError as e:
+        return _account_page(400, error=e.message)
+    s.start_session(session, me)  # this session goes on; the others end
+    s.recheck_sockets()
+    log.info("%s changed their password", me["name"])
+    return _account_page(message="Password changed. Other sessions are signed out.")
+
+
+# -- users (admins) -------------------------------------------------------------------------------
+
+def _users_page(status=200, message=None, error=None, name=""):
+    s = get_slotrun()
+    return _page("users.html", status, users=s.accounts.list_users(), roles=ROLES,
+                 message=message, error=error, name=name)
+
+
+@bp.get("/users")
+def users():
+    """List the users with their roles (admins only)."""
+    authorize("user.read")
+    return _users_page()
+
+
+@bp.post("/users")
+def user_create():
+    """Add a user with a role and a first password (admins only)."""
+    authorize("user.create")
+    name = _form("name", 64).strip()
+    try:
+        u = get_slotrun().accounts.add_user(name, _form("role", 20), _form("password"))
+    except SlotrunError as e:
+        return _users_page(400 if e.status == 400 else e.status, error=e.message, name=name)
+    log.info("%s added user %s (%s)", current_user()["name"], u["name"], u["role"])
+    return _users_page(201, message=f"Added {u['name']} ({u['role']}).")
+
+
+def _user_arg(name):
+    if not isinstance(name, str) or len(name) > 64:
+        raise NotFound("no such user")
+    return name
+
+
+@bp.post("/users/<name>/role")
+def user_role(name):
+    """Change a user's role (admins only; never the last admin's)."""
+    authorize("user.update")
+    s = get_slotrun()
+    name = _user_arg(name)
+    s.accounts.user(name)  # unknown: 404
+    role = _form("role", 20)
+    try:
+        s.accounts.set_role(name, role)
+    except SlotrunError as e:
+        if e.status == 404:
+            raise
+        return _users_page(e.status, error=e.message)
+    s.recheck_sockets()
+    log.info("%s made %s %s", current_user()["name"], name, role)
+    return redirect(url_for("views.users"), 303)
+
+
+@bp.post("/users/<name>/remove")
+def user_remove(name):
+    """Remove a user and its tokens (admins only; never the last admin)."""
+    authorize("user.remove")
+    s = get_slotrun()
+    name = _user_arg(name)
+    s.accounts.user(name)
+    try:
+        s.accounts.remove_user(name)
+    except SlotrunError as e:
+        if e.status == 404:
+            raise
+        return _users_page(e.status, error=e.message)
+    s.recheck_sockets()
+    log.info("%s removed user %s", current_user()["name"], name)
+    return redirect(url_for("views.users"), 303)

@@ -94,6 +94,11 @@ export function connect() {
   });
   socket.on("connect_error", (err) => {
     setBadge(everConnected ? "reconnecting" : "connecting", `Cannot connect: ${err.message}`);
+    // The server refused the sign-in (the session ended): log in again, then come back here.
+    const login = bootstrap().login_url;
+    if (login && /^sign in first/.test(err.message || "")) {
+      window.location.assign(`${login}?next=${encodeURIComponent(location.pathname + location.search)}`);
+    }
   });
   return socket;
 }
