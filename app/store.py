@@ -312,6 +312,22 @@ class Store:
             c.execute("INSERT INTO device_limits(device, slots) VALUES(?, ?) "
                       "ON CONFLICT(device) DO UPDATE SET slots=excluded.slots", (device, int(slots)))
 
+    # -- insight (batch timelines) ------------------------------------------------------
+
+    def batch_attempts(self, batch_id, limit=5000):
+        """Return (attempts, truncated): a batch's newest ``limit`` attempts, oldest first.
+
+        Each row carries the attempt's task_id, number, state, device, slot, started_at,
+        finished_at, exit_code, message and peak_memory, and its task's config.
+        """
+        rows = self._conn().execute(
+            "SELECT a.task_id, a.number, a.state, a.device, a.slot, a.started_at, a.finished_at, "
+            "a.exit_code, a.message, a.peak_memory, t.config FROM attempts a JOIN tasks t "
+            "ON t.id=a.task_id WHERE t.batch_id=? ORDER BY a.id DESC LIMIT ?",
+            (batch_id, int(limit) + 1)).fetchall()
+        truncated = len(rows) > limit
+        return [dict(r) for r in reversed(rows[:limit])], truncated
+
 
 class AccountStore:
     """Users and API tokens (the same SQLite file)."""

@@ -20,11 +20,12 @@ export function batchProgress(b) {
 }
 
 export class BatchesPanel {
-  constructor(container, { meta, onBatches, onShowTasks } = {}) {
+  constructor(container, { meta, onBatches, onShowTasks, onTimeline } = {}) {
     this.container = container;
     this.meta = meta;
     this.onBatches = onBatches || (() => {});
     this.onShowTasks = onShowTasks || (() => {});
+    this.onTimeline = onTimeline || (() => {});
     this.batches = new Map(); // id -> summary
     this.items = new Map(); // id -> {root, parts}
     this.dirty = new Set();
@@ -158,6 +159,7 @@ export class BatchesPanel {
       p.actionKey = key;
       const buttons = [
         h("button.btn.btn-sm.btn-ghost", { type: "button", dataset: { action: "tasks" }, "aria-label": `Show the tasks of batch ${b.id}` }, "Tasks"),
+        h("button.btn.btn-sm.btn-ghost", { type: "button", dataset: { action: "timeline" }, "aria-label": `Show the timeline of batch ${b.id}` }, "Timeline"),
         h("a.btn.btn-sm.btn-ghost", {
           href: apiUrl(`/batches/${b.id}/results.zip`), download: `batch-${b.id}-results.zip`,
           "aria-label": `Download the results of batch ${b.id} as a zip`,
@@ -236,6 +238,8 @@ export class BatchesPanel {
     const id = Number(button.closest(".batch").dataset.batch);
     if (action === "tasks") {
       this.onShowTasks(id);
+    } else if (action === "timeline") {
+      this.onTimeline(id);
     } else if (action === "cancel") {
       const b = this.batches.get(id);
       const pr = b ? batchProgress(b) : { running: 0, queued: 0 };

@@ -1,14 +1,16 @@
 // "New batch" form: live regex preview, device choice, a check step, and the start call.
 
 import { get, post } from "./api.js";
-import { debounce, h, plural, setText, toast } from "./util.js";
+import { debounce, formatBytes, h, plural, setText, toast } from "./util.js";
 
 const PREVIEW_SHOWN = 300; // configs listed in the DOM; the count always covers them all
+const FAMILIES_SHOWN = 6; // families named in the memory preview
 
 export class BatchForm {
-  constructor(form, { onStarted } = {}) {
+  constructor(form, { onStarted, onSuggest } = {}) {
     this.form = form;
     this.onStarted = onStarted || (() => {});
+    this.onSuggest = onSuggest || null;
     this.$ = (id) => form.querySelector(`#${id}`);
     this.pattern = this.$("pattern");
     this.status = this.$("pattern-status");
@@ -18,6 +20,8 @@ export class BatchForm {
     this.error = this.$("form-error");
     this.deviceChecks = this.$("device-checks");
     this.deviceChoice = this.$("device-choice");
+    this.memoryBox = this.$("memory-preview");
+    this.families = null; // GET /memory/predict's families for the current pattern
     this.configs = null; // configs matching the current pattern (null: unknown / invalid)
     this.complete = new Set(); // those of them whose results are already complete
     this.previewFor = null; // the pattern this.configs belong to
@@ -38,6 +42,7 @@ export class BatchForm {
       } else {
         this.schedulePreview.cancel();
         this.showPreview(null);
+        this.showMemory(null);
         this.setStatus("Type a pattern to see the matching configs (. matches all).", "info");
       }
     });
@@ -46,7 +51,10 @@ export class BatchForm {
       this.check();
     });
     form.addEventListener("change", (e) => {
-      if (e.target.name === "target") this.renderDeviceChecks(true);
+      if (e.target.name === "target") {
+        this.renderDeviceChecks(true);
+        this.showMemory(this.families);
+      }
       if (e.target.id === "overwrite") this.updateCompleteNote();
       if (e.target !== this.pattern) this.hideConfirm();
     });
@@ -81,14 +89,63 @@ export class BatchForm {
       this.updateCompleteNote();
       this.showPreview(this.configs);
       this.checkButton.disabled = n === 0;
+      if (n) this.loadMemory(pattern, seq);
+      else this.showMemory(null);
     } catch (e) {
       if (e.name === "AbortError" || seq !== this.seq) return;
       this.configs = null;
       this.previewFor = null;
       this.showPreview(null);
+      this.showMemory(null);
       this.setStatus(e.status === 400 ? `Invalid pattern: ${e.message}` : `Cannot preview: ${e.message}`, "error");
       this.checkButton.disabled = true;
     }
+  }
+
+  /** Fetch the expected GPU memory per family of the pattern's configs (declared or learned). */
+  async loadMemory(pattern, seq) {
+    try {
+      const data = await get("/memory/predict", { pattern }, this.controller ? this.controller.signal : undefined);
+      if (seq !== this.seq) return;
+      this.showMemory(data.families || []);
+    } catch (e) {
+      if (e.name === "AbortError" || seq !== this.seq) return;
+      this.showMemory(null);
+    }
+  }
+
+  /** Return the largest known need of the shown families, or 0. */
+  largestNeed() {
+    return Math.max(0, ...(this.families || []).map((f) => Number(f.need) || 0));
+  }
+
+  showMemory(families) {
+    this.families = families;
+    const box = this.memoryBox;
+    if (!box) return;
+    const known = (families || []).filter((f) => f.need);
+    if (!known.length || this.target() !== "gpu") {
+      box.hidden = true;
+      box.replaceChildren();
+      return;
+    }
+    const items = families.slice(0, FAMILIES_SHOWN).map((f) => h("span.mem-family", {
+      dataset: { source: f.source || "unknown", family: f.family },
+      title: f.need ? `${f.family}: ${formatBytes(f.need)} per task, ${f.source === "learned"
+        ? "the largest peak seen in its finished tasks" : "declared as gpu_memory in its configs"}`
+        : `${f.family}: no need known (declare gpu_memory, or let one task finish to learn it)`,
+    }, h("span.mem-name", null, f.family.replace(/^configs\//, "")),
+    h("span.mem-need", null, f.need ? formatBytes(f.need) : "unknown"),
+    f.need ? h("span.mem-source", null, f.source) : null));
+    if (families.length > FAMILIES_SHOWN) items.push(h("span.muted", null, `+${families.length - FAMILIES_SHOWN} more`));
+    const suggest = known.length && this.onSuggest
+      ? h("button.link-button.act", {
+        type: "button",
+        onclick: () => this.onSuggest({ need: this.largestNeed(), label: `the largest need of ${this.pattern.value.trim()}` }),
+      }, "Suggest slots")
+      : null;
+    box.replaceChildren(h("span.mem-title", null, "GPU memory per task:"), ...items, suggest);
+    box.hidden = false;
   }
 
   updateCompleteNote() {
@@ -223,6 +280,9 @@ export class BatchForm {
       h("dt", null, "Configs"), h("dd", null, plural(this.configs.length, "config") +
         (complete ? ` (${complete} with complete results)` : "")),
       h("dt", null, "Runs on"), h("dd", null, where),
+      body.use_gpu && this.largestNeed()
+        ? [h("dt", null, "GPU memory"), h("dd", null, `up to ${formatBytes(this.largestNeed())} per task (expected)`)]
+        : null,
       h("dt", null, "Overwrite"), h("dd", null, body.overwrite ? "yes: complete results are run again"
         : complete ? `no: ${plural(complete, "config")} with complete results will be skipped` : "no"),
       body.command ? [h("dt", null, "Command"), h("dd.mono", null, body.command)] : null);

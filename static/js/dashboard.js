@@ -3,10 +3,12 @@
 import { get, post } from "./api.js";
 import { BatchForm } from "./batchform.js";
 import { BatchesPanel } from "./batches.js";
-import { DevicesPanel } from "./devices.js";
+import { History } from "./charts.js";
+import { DevicesPanel, SuggestSlots } from "./devices.js";
 import * as live from "./live.js";
 import { TasksTable } from "./tasks.js";
-import { rafBatch, readOnly, setText, throttle, toast } from "./util.js";
+import { Timeline } from "./timeline.js";
+import { bootstrap, rafBatch, readOnly, setText, throttle, toast } from "./util.js";
 
 const OTHER = ["cancelled", "interrupted", "skipped"];
 
@@ -97,8 +99,20 @@ class Summary {
   }
 }
 
+/** Keep the batch whose timeline is shown in the address (?timeline=ID). */
+function timelineInUrl(id) {
+  const q = new URLSearchParams(location.search);
+  if (id) q.set("timeline", String(id));
+  else q.delete("timeline");
+  const qs = q.toString();
+  history.replaceState(null, "", location.pathname + (qs ? `?${qs}` : "") + location.hash);
+}
+
 function main() {
   const summary = new Summary();
+  const timeline = new Timeline(document.getElementById("timeline-panel"), {
+    onClose: () => timelineInUrl(null),
+  });
   const tasks = new TasksTable(document.getElementById("tasks"), {
     onFilter: (f) => batches.select(f.batch),
   });
@@ -112,8 +126,16 @@ function main() {
       tasks.setFilter({ batch: String(id), state: "" });
       document.getElementById("tasks").scrollIntoView({ behavior: "smooth", block: "start" });
     },
+    onTimeline: (id) => {
+      timeline.show(id, { scroll: true });
+      timelineInUrl(id);
+    },
   });
   const form = new BatchForm(document.getElementById("batch-form"), {
+    onSuggest: (what) => {
+      suggest.open(what);
+      document.getElementById("devices-panel").scrollIntoView({ behavior: "smooth", block: "start" });
+    },
     onStarted: (batch) => {
       batches.refresh.now();
       summary.refresh();
@@ -121,12 +143,34 @@ function main() {
       else tasks.refresh.now();
     },
   });
+  const gpuHistory = new History();
   const devices = new DevicesPanel(document.getElementById("devices"), {
+    history: gpuHistory,
     onChange: (list) => {
       form.setDevices(list);
       summary.setDevices(list);
     },
   });
+  const suggest = new SuggestSlots(document.getElementById("suggest-box"),
+    document.getElementById("suggest-button"), devices);
+  document.getElementById("history-window").addEventListener("change", (e) => {
+    devices.setWindow(Number(e.target.value));
+  });
+  const loadHistory = async () => {
+    try {
+      gpuHistory.load(await get("/devices/history", { minutes: 60 }));
+      devices.historyChanged();
+    } catch (e) {
+      console.warn("cannot load the device history", e);
+    }
+  };
+  const loadProgress = async () => {
+    try {
+      tasks.setProgress((await get("/progress")).tasks);
+    } catch (e) {
+      console.warn("cannot load task progress", e);
+    }
+  };
 
   for (const tile of document.querySelectorAll(".tile[data-filter]")) {
     tile.addEventListener("click", (e) => {
@@ -140,7 +184,7 @@ function main() {
   const loadDevices = async () => {
     try {
       const data = await get("/devices");
-      devices.setDevices(data.devices || [], { sample: true });
+      devices.setDevices(data.devices || []);
     } catch (e) {
       const box = document.getElementById("devices");
       box.setAttribute("aria-busy", "false");
@@ -153,8 +197,14 @@ function main() {
   live.on("task", (t) => {
     tasks.onTask(t);
     batches.onTask(t);
+    timeline.onTask(t);
     summary.changed();
   });
+  live.on("history", (sample) => {
+    gpuHistory.add(sample);
+    devices.historyChanged();
+  });
+  live.on("progress", (p) => tasks.onProgress(p));
   live.on("batch", (b) => {
     batches.onBatch(b);
     summary.changed();
@@ -165,24 +215,29 @@ function main() {
     batches.refresh();
     summary.refresh();
   });
-  live.on("devices", (data) => devices.setDevices((data && data.devices) || data || [], { sample: true }));
+  live.on("devices", (data) => devices.setDevices((data && data.devices) || data || []));
   live.on("slots", (usage) => devices.setSlots(usage));
   live.on("queue", (q) => summary.setQueue(q));
   // After a reconnect (server restart, network drop) everything is fetched again.
   live.onResync((again) => {
     if (!again) return;
-    loadDevices();
+    loadDevices().then(loadHistory);
     batches.refresh.now();
     tasks.refresh.now();
     summary.refresh();
+    loadProgress();
+    if (timeline.batchId !== null) timeline.refresh.now();
   });
 
-  loadDevices();
+  loadDevices().then(loadHistory);
+  loadProgress();
+  const shown = new URLSearchParams(location.search).get("timeline") || bootstrap().batch;
+  if (shown && /^\d+$/.test(String(shown))) timeline.show(shown);
   batches.refresh.now();
   tasks.refresh.now();
   summary.refresh.now();
   live.connect();
-  window.slotrun = { tasks, batches, devices, summary, form };
+  window.slotrun = { tasks, batches, devices, summary, form, timeline, suggest, history: gpuHistory };
 }
 
 main();

@@ -1,36 +1,42 @@
-// Devices panel: one card per GPU (and the CPU) with memory, utilisation and an editable slot limit.
+// Devices panel: one card per GPU (and the CPU) with memory, utilisation, a live chart of the
+// last hour, engine notes (out-of-memory cap, probation) and an editable slot limit; plus the
+// "Suggest slots" action (slot limits from each GPU's memory and a task's expected need).
 
-import { patch } from "./api.js";
-import { formatBytes, h, rafBatch, readOnly, setText, toast } from "./util.js";
+import { get, patch } from "./api.js";
+import { DeviceChart, HOUR } from "./charts.js";
+import { formatBytes, h, plural, rafBatch, readOnly, setText, toast } from "./util.js";
 
-const HISTORY = 90; // utilisation samples kept per device for the sparkline
+// Keys the engine adds to a device while they apply; absent from an update means "cleared".
+const ENGINE_NOTES = ["effective", "note", "probation"];
 
 /** The devices panel; ``onChange(devices)`` hears every new device list. */
 export class DevicesPanel {
-  constructor(container, { onChange } = {}) {
+  constructor(container, { onChange, history } = {}) {
     this.container = container;
     this.onChange = onChange || (() => {});
+    this.history = history || null; // charts.History shared with the page
+    this.window = HOUR; // seconds of history the charts show
     this.devices = new Map(); // id -> latest device dict
     this.cards = new Map(); // id -> {root, parts...}
-    this.history = new Map(); // id -> [utilisation samples]
     this.dirty = new Set(); // device ids whose figures changed since the last paint
     this.paint = rafBatch(() => this.flush());
     this.loaded = false;
+    const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+    if (dark && dark.addEventListener) {
+      dark.addEventListener("change", () => {
+        for (const c of this.cards.values()) if (c.chart) c.chart.restyle();
+      });
+    }
   }
 
   /** Replace the whole device list (REST answer or a "devices" event). */
-  setDevices(list, { sample = false } = {}) {
+  setDevices(list) {
     const ids = list.map((d) => d.id);
     const sameSet = ids.length === this.devices.size && ids.every((id) => this.devices.has(id));
     for (const d of list) {
-      const old = this.devices.get(d.id) || {};
-      this.devices.set(d.id, { ...old, ...d });
-      if (sample && d.utilization !== null && d.utilization !== undefined) {
-        const hist = this.history.get(d.id) || [];
-        hist.push(Number(d.utilization));
-        if (hist.length > HISTORY) hist.shift();
-        this.history.set(d.id, hist);
-      }
+      const merged = { ...(this.devices.get(d.id) || {}), ...d };
+      for (const k of ENGINE_NOTES) if (!(k in d)) delete merged[k];
+      this.devices.set(d.id, merged);
       this.dirty.add(d.id);
     }
     if (!sameSet) {
@@ -42,13 +48,17 @@ export class DevicesPanel {
     this.onChange(this.list());
   }
 
-  /** Apply a "slots" event: {device: {slots, running}}. */
+  /** Apply a "slots" event: {device: {slots, running, effective?, note?, probation?}}. */
   setSlots(usage) {
     for (const [id, u] of Object.entries(usage || {})) {
       const d = this.devices.get(id);
       if (!d) continue;
       if (u.slots !== undefined) d.slots = u.slots;
       if (u.running !== undefined) d.running = u.running;
+      for (const k of ENGINE_NOTES) {
+        if (k in u) d[k] = u[k];
+        else delete d[k];
+      }
       this.dirty.add(id);
     }
     this.paint();
@@ -60,7 +70,23 @@ export class DevicesPanel {
     return [...this.devices.values()];
   }
 
+  /** Redraw the charts from the shared history (after a sample or a history load). */
+  historyChanged() {
+    if (!this.history) return;
+    for (const [id, c] of this.cards) {
+      const cols = this.history.get(id);
+      if (cols && c.chart) c.chart.update(cols);
+    }
+  }
+
+  /** Show the last ``seconds`` of history in every chart. */
+  setWindow(seconds) {
+    this.window = seconds;
+    for (const c of this.cards.values()) if (c.chart) c.chart.setWindow(seconds);
+  }
+
   rebuild(ids) {
+    for (const c of this.cards.values()) if (c.chart) c.chart.destroy();
     this.container.replaceChildren();
     this.cards.clear();
     this.container.setAttribute("aria-busy", "false");
@@ -72,6 +98,7 @@ export class DevicesPanel {
       const card = this.buildCard(this.devices.get(id));
       this.cards.set(id, card);
       this.container.append(card.root);
+      if (card.chart && this.history && this.history.get(id)) card.chart.update(this.history.get(id));
     }
   }
 
@@ -112,7 +139,8 @@ export class DevicesPanel {
       memText: h("span.meter-value"),
       utilBar: h("span.bar-fill"),
       utilText: h("span.meter-value"),
-      spark: h("span.spark"),
+      chartBox: h("div.device-chart"),
+      note: h("p.device-note", { role: "status" }),
       pips: h("span.pips", { "aria-hidden": "true" }),
       running: h("span.slot-running"),
       limit,
@@ -126,17 +154,18 @@ export class DevicesPanel {
     const utilRow = h("div.meter", null,
       h("span.meter-label", null, "Utilisation"),
       parts.utilText,
-      h("span.bar.bar-util", { "aria-hidden": "true" }, parts.utilBar),
-      parts.spark);
+      h("span.bar.bar-util", { "aria-hidden": "true" }, parts.utilBar));
     parts.memRow = memRow;
     parts.utilRow = utilRow;
+    parts.chart = new DeviceChart(parts.chartBox, { windowSeconds: this.window });
     parts.root = h("article.device-card", { dataset: { device: d.id, kind: isGpu ? "gpu" : "cpu" }, "aria-label": label },
       h("header.device-head", null,
         h("span.device-id", null, label),
         parts.name,
         parts.node),
-      memRow,
-      utilRow,
+      h("div.meters", null, memRow, utilRow),
+      parts.chartBox,
+      parts.note,
       h("div.slots-row", null,
         h("span.meter-label", null, "Slots"),
         parts.pips,
@@ -174,9 +203,10 @@ export class DevicesPanel {
         c.utilBar.style.width = `${Math.max(0, Math.min(100, Number(util)))}%`;
         setText(c.utilText, `${Math.round(Number(util))} %`);
       }
-      this.drawSpark(c.spark, this.history.get(id) || []);
       const slots = Number(d.slots ?? 0);
       const running = Number(d.running ?? 0);
+      const capped = d.effective !== undefined && d.effective !== null && Number(d.effective) < slots;
+      const effective = capped ? Number(d.effective) : slots;
       setText(c.running, running);
       if (c.input) {
         const editing = document.activeElement === c.input || c.input.classList.contains("is-dirty");
@@ -184,13 +214,32 @@ export class DevicesPanel {
       } else {
         setText(c.limit, slots);
       }
-      this.drawPips(c.pips, running, slots);
-      c.root.dataset.busy = running >= slots && slots > 0 ? "full" : running > 0 ? "some" : "idle";
+      this.drawPips(c.pips, running, slots, effective);
+      c.root.dataset.busy = running >= effective && effective > 0 ? "full" : running > 0 ? "some" : "idle";
+      this.drawNote(c, d, capped, effective);
     }
     this.dirty.clear();
   }
 
-  drawPips(node, running, slots) {
+  /** Say why a GPU starts fewer tasks than its limit: an out-of-memory cap, or probation. */
+  drawNote(c, d, capped, effective) {
+    let kind = "";
+    let text = "";
+    if (capped || d.note) {
+      kind = "oom";
+      text = d.note ? `⚠ ${d.note.charAt(0).toUpperCase()}${d.note.slice(1)}` : `⚠ Limited to ${effective} for now`;
+    } else if (d.probation !== undefined && d.probation !== null) {
+      kind = "probation";
+      text = `Settling: waits for task #${d.probation}'s memory to level off before the next start`;
+    }
+    c.root.dataset.note = kind;
+    c.note.dataset.kind = kind;
+    c.note.hidden = !text;
+    setText(c.note, text);
+    c.note.title = capped ? `Slot limit ${d.slots}, effective limit ${effective}` : "";
+  }
+
+  drawPips(node, running, slots, effective = slots) {
     const shown = Math.max(slots, running);
     if (shown > 16) {
       setText(node, "");
@@ -198,41 +247,11 @@ export class DevicesPanel {
       return;
     }
     delete node.dataset.many;
-    const key = `${running}/${slots}`;
+    const key = `${running}/${slots}/${effective}`;
     if (node.dataset.key === key) return;
     node.dataset.key = key;
     node.replaceChildren(...Array.from({ length: shown }, (_, i) =>
-      h("span.pip", { class: i < running ? (i < slots ? "on" : "over") : "" })));
-  }
-
-  drawSpark(node, samples) {
-    if (!samples.length) {
-      node.replaceChildren();
-      return;
-    }
-    if (samples.length === 1) samples = [samples[0], samples[0]];
-    const w = 100;
-    const hgt = 18;
-    const step = w / (HISTORY - 1);
-    const x0 = w - step * (samples.length - 1);
-    const pts = samples.map((v, i) => `${(x0 + i * step).toFixed(1)},${(hgt - (Math.max(0, Math.min(100, v)) / 100) * hgt).toFixed(1)}`);
-    let svg = node.firstElementChild;
-    if (!svg) {
-      const ns = "http://www.w3.org/2000/svg";
-      svg = document.createElementNS(ns, "svg");
-      svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
-      svg.setAttribute("preserveAspectRatio", "none");
-      svg.setAttribute("aria-hidden", "true");
-      const area = document.createElementNS(ns, "polygon");
-      area.setAttribute("class", "spark-area");
-      const line = document.createElementNS(ns, "polyline");
-      line.setAttribute("class", "spark-line");
-      svg.append(area, line);
-      node.append(svg);
-      node.title = "Utilisation, recent minutes";
-    }
-    svg.lastElementChild.setAttribute("points", pts.join(" "));
-    svg.firstElementChild.setAttribute("points", `${x0.toFixed(1)},${hgt} ${pts.join(" ")} ${w},${hgt}`);
+      h("span.pip", { class: i < running ? (i < slots ? "on" : "over") : i >= effective ? "capped" : "" })));
   }
 
   async save(id, input, status) {
@@ -277,4 +296,175 @@ export class DevicesPanel {
       delete input.dataset.saving;
     }
   }
+}
+
+/**
+ * "Suggest slots": pick a memory need (a family's learned need, or a size), see the slot limit
+ * each GPU would get (memory total minus the margin, divided by the need), apply with one click.
+ */
+export class SuggestSlots {
+  constructor(box, button, panel) {
+    this.box = box;
+    this.button = button;
+    this.panel = panel;
+    this.proposal = null;
+    this.source = h("select.suggest-source", { id: "suggest-source", "aria-label": "Memory need per task" });
+    this.need = h("input.suggest-need.mono", {
+      id: "suggest-need", type: "text", placeholder: "e.g. 6GiB", spellcheck: "false",
+      "aria-label": "Memory per task (e.g. 6GiB)",
+    });
+    this.status = h("span.suggest-status", { "aria-live": "polite" });
+    this.result = h("div.suggest-result", { hidden: true });
+    const form = h("form.suggest-form", { novalidate: true, autocomplete: "off" },
+      h("label.suggest-label", { for: "suggest-source" }, "Memory per task"),
+      this.source, this.need,
+      h("button.btn.btn-sm.btn-primary", { type: "submit" }, "Propose"),
+      h("button.btn.btn-sm.btn-ghost.push", { type: "button", onclick: () => this.close(), "aria-label": "Close the slot suggestion" }, "Close"));
+    box.replaceChildren(form, this.status, this.result);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.propose();
+    });
+    this.source.addEventListener("change", () => {
+      this.need.hidden = this.source.value !== "need";
+      if (!this.need.hidden) this.need.focus();
+      this.result.hidden = true;
+    });
+    button.addEventListener("click", () => (box.hidden ? this.open() : this.close()));
+  }
+
+  /** Open the box; ``need`` (bytes) and ``label`` pre-fill it and propose at once. */
+  async open({ need, label } = {}) {
+    this.box.hidden = false;
+    this.button.setAttribute("aria-expanded", "true");
+    await this.loadFamilies();
+    if (need) {
+      this.source.value = "need";
+      this.need.hidden = false;
+      this.need.value = sizeText(need);
+      this.label = label || "";
+      await this.propose();
+    } else {
+      this.label = "";
+      this.source.focus();
+    }
+  }
+
+  close() {
+    this.box.hidden = true;
+    this.button.setAttribute("aria-expanded", "false");
+    this.result.hidden = true;
+    setText(this.status, "");
+  }
+
+  async loadFamilies() {
+    let fams = [];
+    try {
+      fams = (await get("/memory/predict")).families || [];
+    } catch (e) {
+      setText(this.status, `Cannot load learned needs: ${e.message}`);
+    }
+    const keep = this.source.value;
+    const options = fams.map((f) => h("option", { value: `family:${f.family}` },
+      `${f.family.replace(/^configs\//, "")} · ${formatBytes(f.need)} learned`));
+    options.push(h("option", { value: "need" }, fams.length ? "A size I type…" : "Type a size…"));
+    this.source.replaceChildren(...options);
+    if (keep && [...this.source.options].some((o) => o.value === keep)) this.source.value = keep;
+    this.need.hidden = this.source.value !== "need";
+  }
+
+  async propose() {
+    const value = this.source.value;
+    const params = {};
+    if (value === "need") {
+      const text = this.need.value.trim();
+      if (!text) {
+        this.showError("Type the memory one task needs, e.g. 6GiB.");
+        this.need.focus();
+        return;
+      }
+      params.need = text;
+    } else {
+      params.family = value.slice("family:".length);
+    }
+    setText(this.status, "Computing…");
+    this.status.dataset.kind = "info";
+    let s;
+    try {
+      s = await get("/memory/suggest", params);
+    } catch (e) {
+      this.showError(e.message);
+      return;
+    }
+    this.proposal = s;
+    setText(this.status, "");
+    this.render(s);
+  }
+
+  showError(message) {
+    this.result.hidden = true;
+    setText(this.status, message);
+    this.status.dataset.kind = "error";
+  }
+
+  render(s) {
+    const rows = Object.entries(s.slots).map(([id, n]) => {
+      const cur = s.current[id] ?? this.panel.devices.get(id)?.slots ?? 0;
+      const dev = this.panel.devices.get(id);
+      return h("li.suggest-item", { dataset: { device: id, change: n === cur ? "same" : n > cur ? "up" : "down" } },
+        h("span.suggest-id", null, id),
+        h("span.suggest-from", null, String(cur)),
+        h("span.suggest-arrow", { "aria-hidden": "true" }, "→"),
+        h("span.suggest-to", { "aria-label": `proposed ${n}` }, String(n)),
+        dev && dev.memory_total ? h("span.suggest-mem.muted", null, formatBytes(dev.memory_total)) : null);
+    });
+    const changes = Object.entries(s.slots).filter(([id, n]) => n !== (s.current[id] ?? 0));
+    const from = s.source === "learned" ? `learned from ${s.family}` : this.label || "as given";
+    this.result.replaceChildren(
+      h("ul.suggest-list", { "aria-label": "Proposed slot limits" }, rows),
+      h("p.suggest-why.muted", null,
+        `${formatBytes(s.need)} per task (${from}); each GPU: (memory − ${formatBytes(s.margin)} margin) ÷ need.`),
+      h("div.suggest-actions", null,
+        h("button.btn.btn-sm.btn-primary", {
+          type: "button", disabled: !changes.length, onclick: (e) => this.apply(e.currentTarget),
+        }, changes.length ? `Apply to ${plural(changes.length, "GPU")}` : "Already set")));
+    this.result.hidden = false;
+  }
+
+  async apply(button) {
+    const s = this.proposal;
+    if (!s) return;
+    button.disabled = true;
+    const done = [];
+    const failed = [];
+    for (const [id, n] of Object.entries(s.slots)) {
+      if (n === (s.current[id] ?? 0)) continue;
+      try {
+        const res = await patch(`/devices/${encodeURIComponent(id)}`, { slots: n });
+        const d = this.panel.devices.get(id);
+        if (d) {
+          d.slots = res && res.slots !== undefined ? res.slots : n;
+          this.panel.dirty.add(id);
+        }
+        s.current[id] = n;
+        done.push(`${id} ${n}`);
+      } catch (e) {
+        failed.push(`${id}: ${e.message}`);
+      }
+    }
+    this.panel.paint();
+    this.panel.onChange(this.panel.list());
+    if (done.length) toast(`Slot limits set: ${done.join(", ")}`, "ok", 3000);
+    if (failed.length) toast(`Not set: ${failed.join("; ")}`, "error");
+    this.render(s);
+  }
+}
+
+/** Return a byte count as the API's size text (6GiB, 512MiB, or bytes). */
+export function sizeText(bytes) {
+  const n = Number(bytes);
+  for (const [unit, f] of [["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]]) {
+    if (n >= f) return `${Math.round((n / f) * 100) / 100}${unit}`;
+  }
+  return String(Math.round(n));
 }

@@ -3,7 +3,7 @@
 import { ApiError, apiUrl, get, post } from "./api.js";
 import * as live from "./live.js";
 import { LogView, MAX_LINES, describeDropped } from "./logview.js";
-import { taskDuration } from "./tasks.js";
+import { progressLeft, taskDuration } from "./tasks.js";
 import {
   ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatBytes, formatDuration, formatFullTime,
   formatTime, h, mayAct, rafBatch, root, setText, stateBadge, toast,
@@ -16,6 +16,8 @@ const taskId = Number(page.dataset.task);
 const $ = (id) => document.getElementById(id);
 
 let task = null;
+let progress = null; // {done, total} from the log's progress lines
+let expected = null; // {need, source}: the memory this task's family is expected to need
 let actionKey = "";
 let logStarted = false; // true once some log text (REST or live) has been shown
 
@@ -35,7 +37,8 @@ function renderTask() {
     const crumb = $("crumb-batch");
     crumb.hidden = false;
     $("crumb-batch-sep").hidden = false;
-    crumb.href = `${root()}/?batch=${batch}#tasks`;
+    crumb.href = `${root()}/?batch=${batch}&timeline=${batch}#tasks`;
+    crumb.title = "The batch's tasks and timeline";
     setText(crumb, `Batch #${batch}`);
   }
   const fact = (name, text, title) => {
@@ -50,6 +53,10 @@ function renderTask() {
   fact("exit", task.exit_code ?? "");
   fact("attempts", task.attempts ?? "");
   fact("owner", task.owner || "");
+  renderProgress();
+  renderMemory();
+  $("task-insight").hidden = page.querySelector('[data-wrap="progress"]').hidden &&
+    page.querySelector('[data-wrap="memory"]').hidden;
   const msg = $("task-message");
   msg.hidden = !task.message;
   setText(msg, task.message || "");
@@ -68,6 +75,66 @@ function renderTask() {
     $("task-actions").replaceChildren(...buttons);
   }
   setLogStatus();
+}
+
+function renderProgress() {
+  const wrap = page.querySelector('[data-wrap="progress"]');
+  const p = progress;
+  wrap.hidden = !p;
+  if (!p) return;
+  const bar = wrap.querySelector(".task-progress");
+  const frac = Math.max(0, Math.min(1, p.done / p.total));
+  bar.querySelector(".task-progress-fill").style.width = `${(frac * 100).toFixed(1)}%`;
+  bar.setAttribute("aria-valuemax", String(p.total));
+  bar.setAttribute("aria-valuenow", String(p.done));
+  bar.dataset.state = task.state;
+  const left = task.state === "running" ? progressLeft(task, p) : null;
+  setText(bar.querySelector(".task-progress-text"),
+    `${p.done.toLocaleString()} / ${p.total.toLocaleString()}${left !== null ? ` · ~${formatDuration(left)} left` : ""}`);
+}
+
+function renderMemory() {
+  const wrap = page.querySelector('[data-wrap="memory"]');
+  const parts = [];
+  const attempts = task.attempts_list || [];
+  const last = attempts.length ? attempts[attempts.length - 1] : null;
+  if (task.state === "running" && task.memory_now !== undefined && task.memory_now !== null) {
+    parts.push(`${formatBytes(task.memory_now)} now`);
+  }
+  const peak = task.state === "running" ? task.memory_peak : last && last.peak_memory;
+  if (peak) parts.push(`peak ${formatBytes(peak)}`);
+  if (expected && expected.need) parts.push(`expects ${formatBytes(expected.need)} (${expected.source})`);
+  wrap.hidden = !parts.length;
+  setText(page.querySelector('[data-fact="memory"]'), parts.join(" · "));
+}
+
+async function loadProgress() {
+  try {
+    const p = await get(`/tasks/${taskId}/progress`);
+    progress = p.done !== null && p.done !== undefined ? { done: p.done, total: p.total } : null;
+    paintTask();
+  } catch (e) {
+    if (e.status !== 404) console.warn("progress unavailable", e);
+  }
+}
+
+async function loadExpected() {
+  if (!task || !task.config) return;
+  if (task.memory) {
+    expected = { need: task.memory, source: "declared" };
+    return;
+  }
+  const gpu = (task.devices || []).some((d) => d !== "cpu");
+  if (!gpu) return;
+  try {
+    const escaped = task.config.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const data = await get("/memory/predict", { pattern: `^${escaped}$` });
+    const fam = (data.families || [])[0];
+    expected = fam && fam.need ? { need: fam.need, source: fam.source } : null;
+    paintTask();
+  } catch (e) {
+    expected = null;
+  }
 }
 
 async function act(action) {
@@ -89,6 +156,7 @@ function updateTask(t) {
     // Finished: the attempts table, results and the final log lines changed.
     loadTask();
     loadFiles(currentDir);
+    loadProgress();
   } else if (t.state === "running" && !wasRunning) {
     loadTask();
   }
@@ -97,7 +165,9 @@ function updateTask(t) {
 async function loadTask() {
   try {
     const t = await get(`/tasks/${taskId}`);
+    const first = !task || !task.config;
     task = { ...(task || {}), ...t };
+    if (first) loadExpected();
     $("task-error").hidden = true;
     renderTask();
     renderDetails();
@@ -181,6 +251,12 @@ live.on("task", (t) => {
   if (t && Number(t.id) === taskId) updateTask(t);
 });
 
+live.on("progress", (p) => {
+  if (!p || Number(p.task) !== taskId || p.done === null || p.done === undefined) return;
+  progress = { done: Number(p.done), total: Number(p.total) };
+  paintTask();
+});
+
 live.onResync((again) => {
   live.emit("follow", { task: taskId, lines: TAIL_LINES }, (answer) => {
     if (answer && answer.error) setText($("log-status"), `log not available: ${answer.error}`);
@@ -189,6 +265,7 @@ live.onResync((again) => {
   if (again) {
     loadTask();
     loadFiles(currentDir);
+    loadProgress();
   }
 });
 
@@ -273,11 +350,17 @@ function renderPath(dir) {
 setInterval(() => {
   if (task && task.state === "running") {
     setText(page.querySelector('[data-fact="duration"]'), formatDuration(taskDuration(task)));
+    if (progress) renderProgress();
   }
 }, 1000);
+// A running GPU task's memory figures (sampled by the engine) are re-read now and then.
+setInterval(() => {
+  if (task && task.state === "running" && /gpu/.test(task.device || "") && !document.hidden) loadTask();
+}, 5000);
 
 $("files-refresh").addEventListener("click", () => loadFiles(currentDir));
 loadTask();
+loadProgress();
 loadFiles("");
 live.connect();
 setTimeout(loadLogOverRest, 1500);

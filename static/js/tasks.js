@@ -25,6 +25,13 @@ export function taskDuration(task) {
   return task.duration ?? null;
 }
 
+/** Return the seconds a running task probably has left from its progress, or null. */
+export function progressLeft(task, p) {
+  const elapsed = taskDuration(task);
+  if (!p || !p.done || elapsed === null || p.done >= p.total) return null;
+  return (elapsed * (p.total - p.done)) / p.done;
+}
+
 export class TasksTable {
   constructor(section, { onFilter } = {}) {
     this.section = section;
@@ -42,6 +49,7 @@ export class TasksTable {
     this.total = 0;
     this.sort = { key: "id", dir: "desc" };
     this.rows = new Map(); // task id -> {tr, task, cells}
+    this.progress = new Map(); // running task id -> {done, total} from "progress" events
     this.dirty = new Set();
     this.paint = rafBatch(() => this.flush());
     this.refresh = throttle(() => this.load(), 700);
@@ -246,7 +254,10 @@ export class TasksTable {
       actions: h("td.actions-cell"),
     };
     const tr = h("tr", { dataset: { task: String(t.id) } }, ...Object.values(cells));
-    return { tr, task: { ...t }, cells, key: {} };
+    const prog = h("span.task-progress", { hidden: true, role: "progressbar", "aria-valuemin": "0" },
+      h("span.task-progress-bar", { "aria-hidden": "true" }, h("span.task-progress-fill")),
+      h("span.task-progress-text"));
+    return { tr, task: { ...t }, cells, key: {}, prog };
   }
 
   patchRow(row) {
@@ -259,10 +270,11 @@ export class TasksTable {
     setText(cells.batch.firstChild, t.batch ?? t.batch_id ?? "");
     if (key.state !== t.state) {
       key.state = t.state;
-      cells.state.replaceChildren(stateBadge(t.state));
+      cells.state.replaceChildren(stateBadge(t.state), row.prog);
     }
     const badge = cells.state.firstChild;
     badge.title = t.message || (t.attempts > 1 ? `attempt ${t.attempts}` : "");
+    this.patchProgress(row);
     setText(cells.device, deviceLabel(t));
     setText(cells.started, formatTime(t.started_at));
     cells.started.title = formatFullTime(t.started_at);
@@ -289,8 +301,42 @@ export class TasksTable {
     }
   }
 
+  /** Show a running task's progress ({done, total}) in its row. */
+  patchProgress(row) {
+    const t = row.task;
+    const p = t.state === "running" ? this.progress.get(t.id) : null;
+    row.prog.hidden = !p;
+    if (!p) return;
+    const frac = Math.max(0, Math.min(1, p.done / p.total));
+    row.prog.firstChild.firstChild.style.width = `${(frac * 100).toFixed(1)}%`;
+    setText(row.prog.lastChild, `${Math.floor(frac * 100)}%`);
+    row.prog.setAttribute("aria-valuemax", String(p.total));
+    row.prog.setAttribute("aria-valuenow", String(p.done));
+    row.prog.setAttribute("aria-label", `Task ${t.id}: ${p.done} of ${p.total}`);
+    const left = progressLeft(t, p);
+    row.prog.title = `${p.done} / ${p.total}${left !== null ? ` · about ${formatDuration(left)} left` : ""}`;
+  }
+
+  /** Apply a "progress" event: {task, done, total}. */
+  onProgress(p) {
+    if (!p || p.task === undefined || p.done === null || p.done === undefined) return;
+    this.progress.set(Number(p.task), { done: Number(p.done), total: Number(p.total) });
+    if (this.rows.has(Number(p.task))) {
+      this.dirty.add(Number(p.task));
+      this.paint();
+    }
+  }
+
+  /** Take GET /progress's list (the running tasks' progress). */
+  setProgress(list) {
+    for (const p of list || []) this.progress.set(Number(p.task), { done: Number(p.done), total: Number(p.total) });
+    for (const row of this.rows.values()) if (row.task.state === "running") this.dirty.add(row.task.id);
+    this.paint();
+  }
+
   /** Apply a "task" event: patch the row if shown, re-fetch the page if the set of rows changes. */
   onTask(t) {
+    if (t && t.state && t.state !== "running") this.progress.delete(Number(t.id));
     const row = this.rows.get(t.id);
     const matches = (!this.filter.batch || String(t.batch ?? t.batch_id) === this.filter.batch) &&
       (!this.filter.state || t.state === this.filter.state);
