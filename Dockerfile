@@ -42,4 +42,4 @@ VOLUME ["/workspace"]
 EXPOSE 5000
 
 # One worker: the scheduler lives in it. Threads serve the page, the API and the websockets.
-CMD ["gunicorn", "-w", "1", "--threads", "50", "-b", "0.0.0.0:5000", "app:create_app()"]
+CMD ["gunicorn", "-w", "1", "--threads", "100", "-b", "0.0.0.0:5000", "app:create_app()"]
