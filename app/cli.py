@@ -263,7 +263,7 @@ class _Printer:
                 print(f"The process finished: {cmd} [{self.finished}/{self.total}]", flush=True)
             else:
                 why = t.get("message") or t["state"]
-                log = f" (log: .slotrun/runs/{t['id']}/{t['attempts']}/output.log)" if t["attempts"] else ""
+                log = f" (log: .slotrun/runs/{t['id']}-{t['attempts']}/output.log)" if t["attempts"] else ""
                 print(f"The process {t['state']}: {cmd} [{self.finished}/{self.total}] - {why}{log}",
                       flush=True)
         self._check_done()

@@ -87,6 +87,7 @@ class Running:
     config: str
     started_at: float
     stop_reason: str = ""  # "cancel" or "interrupt" once a stop was asked for
+    row: dict = None  # the task as last published (to publish its end without a query)
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Engine:
         self.probation = {}  # device -> [task id, since, last bytes]
         self.oom_cap = {}  # device -> effective limit after an out-of-memory failure
         self._groups = {}  # process group -> task id, for running GPU tasks
+        self._unsettled = []  # ends published and slots refilled, not yet written down
         self.monitor = None
 
     # -- life cycle -----------------------------------------------------------------------
@@ -350,10 +352,12 @@ class Engine:
                         break
                     self._handle(item)
                 if self._stopping is not None:
+                    self._settle()
                     if self._finish_stop():
                         return
                     continue
                 self._dispatch()
+                self._settle()
                 backoff = 0.05
             except Exception:  # noqa: BLE001 - the scheduler thread must never die silently
                 log.exception("scheduler step failed; retrying in %.2f s", backoff)
@@ -368,6 +372,7 @@ class Engine:
             _, fn, args, fut = item
             if not fut.set_running_or_notify_cancel():
                 return
+            self._settle()  # a command sees every ended task written down
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
@@ -501,7 +506,7 @@ class Engine:
         used = {r.slot for r in self.running.values() if r.device == device}
         slot = next(i for i in range(len(used) + 1) if i not in used)
         number = item.attempts + 1
-        run_dir = os.path.join(state_dir(self.workspace), "runs", str(task_id), str(number))
+        run_dir = os.path.join(state_dir(self.workspace), "runs", f"{task_id}-{number}")
         config = item.config
         results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
                                               self.settings["results_dir"])
@@ -538,15 +543,15 @@ class Engine:
             self._emit_task(task_id)
             return
         self.store.set_attempt_process(attempt_id, handle.pid, handle.pid_start, handle.boot_id)
-        self.running[task_id] = Running(task_id, attempt_id, item.batch_id, item.pending.owner,
-                                        device, slot, handle, config, now)
+        r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id,
+                                            item.pending.owner, device, slot, handle, config, now)
         if idx is not None:
             self._groups = {**self._groups, handle.pid: task_id}
             if self.admission:
                 self.probation[device] = [task_id, time.monotonic(), None]
             if self.monitor is not None:
                 self.monitor.poke()
-        self._emit_task(task_id)
+        r.row = self._emit_task(task_id)
 
     def _config_as_submitted(self, task_id, config, run_dir):
         """Return the config path to run: the file itself, or a snapshot if it changed since."""
@@ -604,20 +609,38 @@ class Engine:
                        "finishes there")
         elif state in (SUCCEEDED, FAILED):
             self.oom_cap.pop(r.device, None)
-        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, time.time(), peak)
         if peak:
             fam = family_of(r.config)
             self.learned[fam] = max(self.learned.get(fam, 0), peak)
-        if state == SUCCEEDED:
-            self._mark_done(r.config)
+        now = time.time()
+        batch = self.batches.get(r.batch_id)
+        retry = state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries
+        if r.row is not None and not requeue_front and not retry:
+            # The common case: publish the end now, refill the slot (the loop dispatches
+            # next), and write the end down right after (``_settle``): the file and database
+            # work stays off the path from one task's exit to the next one's start.
+            self._emit(dict(r.row, state=state, exit_code=code, message=message,
+                            finished_at=now, duration=now - r.started_at))
+            self._unsettled.append((r, state, code, message, now, peak))
+            return
+        self._write_end(r, state, code, message, now, peak)
         if requeue_front:
             self._enqueue(self.store.requeue(r.task_id, front=True))
-        batch = self.batches.get(r.batch_id)
-        if state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries:
+        if retry:
             t = self.store.get_task(r.task_id)
             if t["attempts"] <= batch.max_retries:
                 self._enqueue(self.store.requeue(r.task_id))
         self._emit_task(r.task_id)
+
+    def _write_end(self, r, state, code, message, when, peak):
+        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, when, peak)
+        if state == SUCCEEDED:
+            self._mark_done(r.config)
+
+    def _settle(self):
+        """Write down the ends already published (after the freed slots were refilled)."""
+        while self._unsettled:
+            self._write_end(*self._unsettled.pop(0))
 
     def _mark_done(self, config):
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(

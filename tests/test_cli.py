@@ -176,7 +176,7 @@ def test_failure_malformed_yaml_and_odd_names(workspace):
     assert os.path.exists(os.path.join(workspace, "results", "odd", "with space", "area.txt"))
     db = sqlite3.connect(os.path.join(workspace, ".slotrun", "state.db"))
     tid, = db.execute("SELECT id FROM tasks WHERE config LIKE '%broken.yaml'").fetchone()
-    with open(os.path.join(workspace, ".slotrun", "runs", str(tid), "1", "output.log")) as f:
+    with open(os.path.join(workspace, ".slotrun", "runs", f"{tid}-1", "output.log")) as f:
         log = f.read()
     assert "is not valid YAML" in log and "Traceback" not in log
 
