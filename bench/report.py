@@ -1,0 +1,460 @@
+"""Scoring against the targets of issue 5, and the Markdown report (bench/RESULTS.md).
+
+    python bench/report.py bench/out/results.json [RESULTS.md]   re-renders a saved run
+"""
+
+import json
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: python bench/report.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "bench"
+
+from .common import median  # noqa: E402
+
+TOOL_ORDER = ["xargs", "slotrun", "slotrun-tmpfs", "simple_gpu_scheduler", "task-spooler",
+              "GNU parallel", "Ray"]
+
+
+def _tools(wl):
+    t = wl.get("tools", {})
+    return [k for k in TOOL_ORDER if k in t] + [k for k in t if k not in TOOL_ORDER]
+
+
+def _med(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return median(vals) if vals else None
+
+
+def _status(results, tool, entry):
+    if entry.get("runs"):
+        return "ok"
+    if "error" in entry:
+        return "error: " + entry["error"].splitlines()[0][:160]
+    b = results.get("baselines", {}).get(tool, {})
+    return b.get("note") or "not available"
+
+
+def summarise(results):
+    """Return the per-workload rows (median figures, ratios vs xargs) and target verdicts."""
+    out = {}
+    wls = results.get("workloads", {})
+    base = results.get("baselines", {})
+    listed = [t for t in TOOL_ORDER if t in results.get("tools", TOOL_ORDER)]
+
+    def rows_for(wl, metric, ratio_of):
+        entry = wls[wl]
+        tools = _tools(entry)
+        tools += [t for t in listed if t not in tools]
+        ref = _med(entry["tools"].get("xargs", {}).get("runs", []), metric)
+        rows = []
+        for t in tools:
+            e = entry["tools"].get(t, {"runs": []})
+            if t not in entry["tools"] and base.get(t, {}).get("available"):
+                continue  # not asked for in this run
+            m = _med(e.get("runs", []), metric)
+            row = {"tool": t, "status": _status(results, t, e), "runs": len(e.get("runs", [])),
+                   metric: m, "ratio_vs_xargs": ratio_of(m, ref) if m is not None and ref else None,
+                   "cpu": _med(e.get("runs", []), "cpu")}
+            for extra in ("engine_span", "engine_efficiency", "gap_p95_ms", "gap_max_ms"):
+                v = _med(e.get("runs", []), extra)
+                if v is not None:
+                    row[extra] = v
+            rows.append(row)
+        return rows, ref
+
+    def find(rows, tool):
+        return next((r for r in rows if r["tool"] == tool), None)
+
+    if "w1" in wls:
+        rows, ref = rows_for("w1", "wall", lambda m, r: m / r)
+        s = find(rows, "slotrun")
+        ahead = {}
+        for t in ("task-spooler", "GNU parallel", "Ray"):
+            r = find(rows, t)
+            if s and r and s.get("wall") is not None and r.get("wall") is not None:
+                ahead[t] = s["wall"] < r["wall"]
+        met = None if not s or s.get("wall") is None else bool(
+            s.get("ratio_vs_xargs") is not None and s["ratio_vs_xargs"] <= 2.0)
+        span_ratio = (s["engine_span"] / ref) if s and s.get("engine_span") and ref else None
+        out["w1"] = {"rows": rows, "xargs": ref, "metric": "wall", "met": met, "ahead": ahead,
+                     "engine_span_ratio": span_ratio,
+                     "target": "slotrun within 2x xargs (durable records + per-task logs "
+                               "included); ahead of task-spooler, GNU parallel and Ray"}
+    if "w2" in wls:
+        rows, ref = rows_for("w2", "efficiency", lambda m, r: m / r)
+        for r in rows:
+            r["minus_xargs"] = (r["efficiency"] - ref) if r.get("efficiency") is not None and ref else None
+        s = find(rows, "slotrun")
+        met = None if not s or s.get("efficiency") is None else bool(
+            s.get("minus_xargs") is not None and s["minus_xargs"] >= -0.01)
+        span_met = None if not s or s.get("engine_efficiency") is None or not ref else \
+            s["engine_efficiency"] >= ref - 0.01
+        out["w2"] = {"rows": rows, "xargs": ref, "metric": "efficiency", "met": met,
+                     "met_engine_span": span_met,
+                     "target": "slotrun efficiency within 0.01 of xargs"}
+    if "w3" in wls:
+        rows, ref = rows_for("w3", "wall", lambda m, r: m / r)
+        s = find(rows, "slotrun")
+        met = None if not s or s.get("wall") is None else bool(
+            s.get("ratio_vs_xargs") is not None and s["ratio_vs_xargs"] <= 1.05)
+        out["w3"] = {"rows": rows, "xargs": ref, "metric": "wall", "met": met,
+                     "target": "slotrun within 5% of xargs"}
+    if "gap" in wls:
+        rows, ref = rows_for("gap", "gap_median_ms", lambda m, r: m / r)
+        floor = wls["gap"].get("floor", {}).get("runs", [])
+        fmed = _med(floor, "gap_median_ms")
+        fp95 = _med(floor, "gap_p95_ms")
+        for r in rows:
+            if r.get("gap_median_ms") is not None and fmed is not None:
+                r["net_median_ms"] = r["gap_median_ms"] - fmed
+                r["net_p95_ms"] = r["gap_p95_ms"] - fmed
+        xr = find(rows, "xargs")
+        for r in rows:
+            if r.get("net_median_ms") is not None and xr and xr.get("net_median_ms") is not None:
+                r["net_minus_xargs_ms"] = r["net_median_ms"] - xr["net_median_ms"]
+        s = find(rows, "slotrun")
+        met = None if not s or s.get("net_median_ms") is None else bool(
+            s["net_median_ms"] < 5 and s["net_p95_ms"] < 10)
+        out["gap"] = {"rows": rows, "xargs": ref, "metric": "gap_median_ms", "met": met,
+                      "floor_median_ms": fmed, "floor_p95_ms": fp95,
+                      "target": "slotrun slot gap: median under 5 ms, p95 under 10 ms "
+                                "(net of the interpreter's own start and exit)"}
+    su = wls.get("startup")
+    if su and "error" not in su:
+        model = next(v for k, v in su.items() if k.startswith("sample model"))
+        bare = next(v for k, v in su.items() if k.startswith("bare interpreter (python -c"))
+        out["startup"] = {"model_ms": model["median"] * 1000, "bare_ms": bare["median"] * 1000,
+                          "model_over_bare_ms": (model["median"] - bare["median"]) * 1000,
+                          "met": model["median"] < 0.1,
+                          "target": "the shipped sample models start in well under 100 ms"}
+    for name in ("server", "logflood", "clients"):
+        if name in wls:
+            out[name] = {"status": wls[name].get("status", "ok"), "met": wls[name].get("met")}
+    return out
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def _f(v, fmt="{:.3f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def _verdict(met):
+    return "not run (no slotrun figure)" if met is None else "**met**" if met else "**not met**"
+
+
+def _mt(met):
+    return "slotrun not run" if met is None else "met" if met else "not met"
+
+
+def _others(rows, key, fmt):
+    parts = []
+    for r in rows:
+        if r["tool"] in ("xargs", "slotrun"):
+            continue
+        parts.append(f"{r['tool']} {fmt.format(r[key])}" if r.get(key) is not None
+                     else f"{r['tool']} {r['status']}")
+    return ", ".join(parts)
+
+
+def headline(results):
+    """Return the lines a reader needs first: slotrun and every baseline beside xargs."""
+    s = results.get("summary", {})
+    rc = results.get("ray_cluster") or {}
+    ray_start = (rc.get("init") or 0) + (rc.get("warmup") or 0)
+    lines = []
+
+    def slot(key):
+        return next((x for x in s[key]["rows"] if x["tool"] == "slotrun"), {})
+    if "w1" in s:
+        r = slot("w1")
+        lines.append(f"W1 dispatch: xargs {_f(s['w1']['xargs'], '{:.2f}')} s; slotrun "
+                     f"{_f(r.get('ratio_vs_xargs'), '{:.2f}')}x (target <= 2x: {_mt(s['w1']['met'])}); "
+                     + _others(s["w1"]["rows"], "ratio_vs_xargs", "{:.2f}x")
+                     + (f" (Ray + {ray_start:.1f} s cluster start)" if ray_start else ""))
+    if "w2" in s:
+        r = slot("w2")
+        lines.append(f"W2 utilisation: xargs {_f(s['w2']['xargs'])}; slotrun {_f(r.get('efficiency'))} "
+                     f"({_f(r.get('minus_xargs'), '{:+.3f}')}; engine span "
+                     f"{_f(r.get('engine_efficiency'))}; target within 0.01: {_mt(s['w2']['met'])}); "
+                     + _others(s["w2"]["rows"], "efficiency", "{:.3f}"))
+    if "w3" in s:
+        r = slot("w3")
+        lines.append(f"W3 Python tasks: xargs {_f(s['w3']['xargs'], '{:.2f}')} s; slotrun "
+                     f"{_f(r.get('ratio_vs_xargs'), '{:.3f}')}x (target <= 1.05x: "
+                     f"{_mt(s['w3']['met'])}); "
+                     + _others(s["w3"]["rows"], "ratio_vs_xargs", "{:.3f}x"))
+    if "gap" in s:
+        r = slot("gap")
+        x = next((x for x in s["gap"]["rows"] if x["tool"] == "xargs"), {})
+        lines.append(f"Slot gap, net median / p95 (ms): xargs {_f(x.get('net_median_ms'), '{:.1f}')} / "
+                     f"{_f(x.get('net_p95_ms'), '{:.1f}')}; slotrun {_f(r.get('net_median_ms'), '{:.1f}')} / "
+                     f"{_f(r.get('net_p95_ms'), '{:.1f}')} (target < 5 / < 10: {_mt(s['gap']['met'])}); "
+                     + ", ".join(f"{y['tool']} {_f(y.get('net_median_ms'), '{:.1f}')} / "
+                                 f"{_f(y.get('net_p95_ms'), '{:.1f}')}"
+                                 for y in s["gap"]["rows"] if y["tool"] not in ("xargs", "slotrun")
+                                 and y.get("net_median_ms") is not None))
+    if "startup" in s:
+        lines.append(f"Sample model start-up: {s['startup']['model_ms']:.0f} ms (bare interpreter "
+                     f"{s['startup']['bare_ms']:.0f} ms; target < 100 ms: {_mt(s['startup']['met'])})")
+    w = results.get("workloads", {})
+    if "server" in w:
+        e = w["server"]
+        lines.append("Server at scale: " + (
+            f"page p95 {e['page']['p95_ms']:.1f} ms, /api/v1/tasks p95 {e['api_tasks']['p95_ms']:.1f} ms, "
+            f"{e['batch_tasks']:,}-task batch in {e['batch_accept_s']:.2f} s, idle CPU "
+            f"{e['idle_cpu_pct']:.2f}% ({_mt(e.get('met'))})" if e.get("status") == "ok" else e.get("status", "")))
+    if "logflood" in w:
+        e = w["logflood"]
+        lines.append("Log flood: " + (
+            f"all bytes on disk: {'yes' if e['all_bytes_on_disk'] else 'NO'}, API p95 "
+            f"{e['api']['p95_ms']:.1f} ms, memory +{e['rss_growth_mb']:.1f} MB, follower at most "
+            f"{e['follower'].get('messages_per_s_max', 0)} msg/s ({_mt(e.get('met'))})"
+            if e.get("status") == "ok" else e.get("status", "")))
+    if "clients" in w:
+        e = w["clients"]
+        lines.append("50 clients: " + (
+            f"{e['with_clients'].get('clients_with_every_final_state')}/{e['clients']} got every "
+            f"final state; server CPU per task {e['no_clients']['server_cpu_per_task_ms']:.2f} ms "
+            f"without clients, {e['with_clients']['server_cpu_per_task_ms']:.2f} ms with them "
+            f"({_mt(e.get('met'))})" if e.get("status") == "ok" else e.get("status", "")))
+    return "\n".join(lines)
+
+
+def _row_cells(row, cols):
+    return "| " + " | ".join(c(row) for c in cols) + " |"
+
+
+def render(results):
+    """Return RESULTS.md."""
+    m = results["machine"]
+    s = results.get("summary", {})
+    w = results.get("workloads", {})
+    L = []
+    title = "slotrun benchmark results" + (" (smoke run: tiny sizes, not timings)" if results.get("smoke") else "")
+    L += [f"# {title}", "",
+          "Generated by `python bench/run.py` (raw data: `bench/out/results.json`, git-ignored). "
+          "Every figure is the median of "
+          f"{results['repeat']} run(s) per tool, the tools' order rotated between runs, and is "
+          "compared with `xargs -P` measured in the same run on the same machine.", "",
+          "## Machine", "",
+          f"- date: {m['date']}",
+          f"- `nproc`: {m['nproc']}; CPU: {m['cpu_model']}; RAM: {m['ram_gib']} GiB",
+          f"- kernel: {m['kernel']} ({m['os']})",
+          f"- Python: {m['python']} (`{m['python_path']}`, called by its path)",
+          f"- 1-minute load average at start: {_f(m.get('loadavg_1min_at_start'), '{:.2f}')} "
+          "(a shared, noisy machine: compare ratios within this run, not absolute times "
+          "across runs)", "",
+          "## Tools", "", "| tool | version | note |", "|---|---|---|"]
+    for tool, b in results.get("baselines", {}).items():
+        L.append(f"| {tool} | {b.get('version') or '–'} | {b.get('note', '')} |")
+    L += ["", "How each tool runs a job of N commands on S slots (the same argument lists for all):", "",
+          "- **xargs**: `xargs -P S -n 1 PREFIX < params` (no shell).",
+          "- **slotrun**: `python multi-run.py -c '^configs/W/' -gpu false -d S -check false "
+          "--command 'PREFIX {name}' --workspace WS` with one config per task; the figure is the "
+          "whole command, start-up included, and every task is recorded in SQLite (3 "
+          "transactions), gets its own run folder, log file, pid and exit-code files and a "
+          "done marker. *engine span* is the engine's own first start to last exit (from "
+          "state.db).",
+          "- **slotrun-tmpfs** (W1 and slot gap only, a diagnostic): the same, with the "
+          "workspace on tmpfs (`/dev/shm`), to separate slotrun's own cost from this machine's "
+          "cost of creating files on its disk.",
+          "- **simple_gpu_scheduler**: `simple_gpu_scheduler --gpus 0 .. S-1 < commands` "
+          "(each task through `sh -c`, one thread per task).",
+          "- **task-spooler**: a fresh `tsp` server with S slots (started before the clock), "
+          "one `tsp CMD` per task from a shell script, then a last job needing all S slots "
+          "(`tsp -N S true`) and `tsp -w`; each task's output in its own file.",
+          "- **GNU parallel**: `parallel --will-cite -j S 'PREFIX' < params` (each task through "
+          "a shell).",
+          "- **Ray**: one local cluster `ray.init(num_cpus=S, num_gpus=S)` for all jobs, "
+          "`@ray.remote(max_calls=0)` tasks running `subprocess.run(argv)`, each asking for "
+          "S_max/S declared GPUs; its start-up is reported separately.", ""]
+    if results.get("ray_cluster"):
+        rc = results["ray_cluster"]
+        L += [f"Ray cluster: start {_f(rc.get('init'), '{:.2f}')} s + worker warm-up "
+              f"{_f(rc.get('warmup'), '{:.2f}')} s, shut-down {_f(rc.get('shutdown'), '{:.2f}')} s "
+              f"(not included in its per-job figures below).", ""]
+
+    def table(key, head, cols):
+        L.append("| " + " | ".join(head) + " |")
+        L.append("|" + "---|" * len(head))
+        for row in s[key]["rows"]:
+            if row["status"] != "ok":
+                L.append("| " + row["tool"] + " | " + row["status"] + " |" + " |" * (len(head) - 2))
+                continue
+            L.append(_row_cells(row, cols))
+        L.append("")
+
+    if "w1" in s:
+        e = w["w1"]
+        L += [f"## W1 dispatch: {e['tasks']} tasks of `true`, {e['slots']} slots", "",
+              f"Target: {s['w1']['target']}. Result, end to end: {_verdict(s['w1']['met'])}"
+              + (" (ahead of " + ", ".join(f"{k}: {'yes' if v else 'no'}"
+                                            for k, v in s['w1']['ahead'].items()) + ")"
+                 if s['w1'].get('ahead') else "") + "."
+              + (f" The engine's own span (first start to last exit) is "
+                 f"{s['w1']['engine_span_ratio']:.2f}x xargs' whole run."
+                 if s['w1'].get('engine_span_ratio') else ""), ""]
+        table("w1", ["tool", "wall (s)", "ratio vs xargs", "CPU s (tool + tasks)", "note"],
+              [lambda r: r["tool"], lambda r: _f(r.get("wall")),
+               lambda r: _f(r.get("ratio_vs_xargs"), "{:.2f}x"), lambda r: _f(r.get("cpu"), "{:.2f}"),
+               lambda r: (f"engine span {r['engine_span']:.3f} s" if r.get("engine_span") else "")])
+    if "w2" in s:
+        e = w["w2"]
+        L += [f"## W2 utilisation: {e['tasks']} tasks sleeping 0.05–0.40 s (seeded), "
+              f"{e['slots']} slots", "",
+              f"Efficiency = (sum of durations {e['sum_durations']:.2f} s / slots) / wall. "
+              f"Target: {s['w2']['target']}. Result, end to end (the figure in the table, "
+              f"`multi-run.py`'s start-up and shut-down included): {_verdict(s['w2']['met'])}; "
+              f"over the engine's own span (first start to last exit, the figure a running "
+              f"server sees): {_verdict(s['w2'].get('met_engine_span'))}.", ""]
+        table("w2", ["tool", "efficiency", "vs xargs", "wall (s)", "note"],
+              [lambda r: r["tool"], lambda r: _f(r.get("efficiency")),
+               lambda r: _f(r.get("minus_xargs"), "{:+.3f}"),
+               lambda r: _f(_med(w["w2"]["tools"][r["tool"]]["runs"], "wall")),
+               lambda r: (f"engine span efficiency {r['engine_efficiency']:.3f}"
+                          if r.get("engine_efficiency") else "")])
+    if "w3" in s:
+        e = w["w3"]
+        L += [f"## W3 Python tasks: {e['tasks']} runs of a small Python program "
+              f"(`bench/tasks/small_task.py`), {e['slots']} slots", "",
+              f"Target: {s['w3']['target']}. Result: {_verdict(s['w3']['met'])}.", ""]
+        table("w3", ["tool", "wall (s)", "ratio vs xargs", "CPU s (tool + tasks)"],
+              [lambda r: r["tool"], lambda r: _f(r.get("wall")),
+               lambda r: _f(r.get("ratio_vs_xargs"), "{:.3f}x"), lambda r: _f(r.get("cpu"), "{:.2f}")])
+    if "startup" in s:
+        su = w["startup"]
+        L += ["### Start-up of the shipped sample model", "",
+              "`python run.py -c configs/exp-1/exp-1-1.yaml` with `SLOTRUN_SIM_TIME=0`, whole "
+              "process, median:", "", "| command | median (ms) | min (ms) |", "|---|---|---|"]
+        for k, v in su.items():
+            if isinstance(v, dict) and "median" in v:
+                L.append(f"| {k} | {v['median'] * 1000:.1f} | {v['min'] * 1000:.1f} |")
+        L += ["", f"Target: {s['startup']['target']}. Result: {_verdict(s['startup']['met'])}: "
+              f"{s['startup']['model_ms']:.0f} ms, of which {s['startup']['bare_ms']:.0f} ms is "
+              "the interpreter's own start on this machine and "
+              f"{s['startup']['model_over_bare_ms']:.0f} ms the model (imports of yaml and "
+              "the model, reading the config, writing results).", ""]
+        if su.get("imports"):
+            L.append("Slowest top-level imports (`python -X importtime`, cumulative): "
+                     + ", ".join(f"{i['module']} {i['cumulative_ms']:.1f} ms"
+                                 for i in su["imports"][:6]) + ".")
+            L.append("")
+    if "gap" in s:
+        e = w["gap"]
+        g = s["gap"]
+        L += [f"## Slot gap: {e['tasks']} tasks of 20–60 ms (seeded), {e['slots']} slots", "",
+              "Each task (`bench/tasks/stamp.py`, run as `python -I -S`) appends its own start "
+              "and end (`time.time_ns()`, the first statement and the last before `os._exit`). "
+              "Gaps are matched without slot numbers: the k-th exit frees the slot of the "
+              "(S+k)-th start. The raw gap includes the interpreter's own start (and exit); "
+              "the *floor* is the same gap from a bare launcher (`posix_spawn` + `os.wait`, "
+              "S slots, no shell, no records) "
+              f"(median {_f(g['floor_median_ms'], '{:.2f}')} ms, p95 "
+              f"{_f(g['floor_p95_ms'], '{:.2f}')} ms), and *net* = raw - floor median is what "
+              "the tool itself adds.", "",
+              f"Target: {g['target']}. Result: {_verdict(g['met'])}.", ""]
+        table("gap", ["tool", "raw median (ms)", "raw p95 (ms)", "net median (ms)", "net p95 (ms)",
+                      "raw median vs xargs", "net median - xargs (ms)"],
+              [lambda r: r["tool"], lambda r: _f(r.get("gap_median_ms"), "{:.2f}"),
+               lambda r: _f(r.get("gap_p95_ms"), "{:.2f}"),
+               lambda r: _f(r.get("net_median_ms"), "{:.2f}"),
+               lambda r: _f(r.get("net_p95_ms"), "{:.2f}"),
+               lambda r: _f(r.get("ratio_vs_xargs"), "{:.2f}x"),
+               lambda r: _f(r.get("net_minus_xargs_ms"), "{:+.2f}")])
+    prof = results.get("profile")
+    if prof:
+        L += _render_profile(prof)
+    from . import server_bench
+
+    for name in ("server", "logflood", "clients"):
+        if name in w:
+            L += server_bench.render(name, w[name])
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
+    if os.path.exists(notes) and not results.get("smoke"):
+        with open(notes, encoding="utf-8") as f:
+            L += [f.read().rstrip(), ""]
+    L += ["## Closing note: the headline ratios", "", "```", headline(results), "```", ""]
+    return "\n".join(L)
+
+
+def _render_profile(prof):
+    L = [f"## Where slotrun's W1 time goes (profile of {prof.get('tasks')} tasks, "
+         f"{prof.get('slots')} slots)", ""]
+    if "error" in prof:
+        return L + [f"Profiling failed: {prof['error']}", ""]
+    c = prof.get("cpu")
+    if c:
+        n = prof["tasks"]
+        L += [f"Unprofiled run, CPU seconds by process: the engine process (all threads) "
+              f"{c['self_cpu']:.2f} s = **{c['engine_cpu_per_task_ms']:.2f} ms per task** "
+              f"({c['self_user']:.2f} user + {c['self_sys']:.2f} system); the per-task wrapper "
+              f"shells and the tasks {c['children_cpu']:.2f} s = "
+              f"{c['children_cpu_per_task_ms']:.2f} ms per task; wall {c['wall_total']:.2f} s "
+              f"for {n} tasks. On {prof.get('nproc', 'this')} cores the run is CPU-bound: "
+              "wall ≈ (engine + children CPU) / cores.", ""]
+    fx = prof.get("fixed")
+    if fx:
+        L += [f"Fixed cost of one headless run (`multi-run.py` with a single `true` task, median): "
+              f"**{fx['slotrun_one_task_s'] * 1000:.0f} ms** (xargs: "
+              f"{fx['xargs_one_task_s'] * 1000:.0f} ms), of which the interpreter's start "
+              f"{fx['python_bare_s'] * 1000:.0f} ms and importing the engine's modules "
+              f"{(fx['python_import_engine_s'] - fx['python_bare_s']) * 1000:.0f} ms more. "
+              "Every end-to-end slotrun figure above includes it once.", ""]
+    fs = prof.get("fs")
+    if fs:
+        places = list(fs)
+        L += ["Cost of the file operations slotrun does for every task, on the disk holding "
+              "the workspaces and on tmpfs (µs per call, wall / CPU):", "",
+              "| operation | " + " | ".join(places) + " |", "|---|" + "---|" * len(places)]
+        for op in fs[places[0]]:
+            L.append(f"| {op} | " + " | ".join(
+                f"{fs[p][op]['wall_us']:.0f} / {fs[p][op]['cpu_us']:.0f}" for p in places) + " |")
+        L += ["", "Per task slotrun creates 4 folders (`.slotrun/runs/<task>/`, "
+              "`.slotrun/runs/<task>/<attempt>/`, and for a task that writes no results "
+              "`results/<...>/` itself, two levels here) and 4 files (`output.log`, the "
+              "wrapper's `pid` and `exit`, the `.done` marker); xargs creates none, "
+              "task-spooler one (its output file).", ""]
+    spy = prof.get("py_spy")
+    if isinstance(spy, str):
+        L += [f"py-spy: {spy}", ""]
+        return L
+    if spy:
+        L += [f"py-spy (`record --threads --nonblocking --rate 250`, CPU-active samples only, "
+              f"{spy['samples']} samples; raw stacks in `{spy.get('raw_file', '')}`):", "",
+              "| what the engine was doing | share of engine CPU |", "|---|---|"]
+        for x in spy["categories"]:
+            L.append(f"| {x['name']} | {x['share'] * 100:.1f}% |")
+        L += ["", "| thread | share |", "|---|---|"]
+        for x in spy["threads"]:
+            L.append(f"| {x['name']} | {x['share'] * 100:.1f}% |")
+        L += ["", "Top slotrun functions, inclusive (a sample counts for every function on its stack):",
+              "", "| function | share |", "|---|---|"]
+        for x in spy["app_inclusive"][:15]:
+            L.append(f"| `{x['name']}` | {x['share'] * 100:.1f}% |")
+        L += ["", "Innermost frames (self time):", "", "| frame | share |", "|---|---|"]
+        for x in spy["leaf_self"][:10]:
+            L.append(f"| `{x['name']}` | {x['share'] * 100:.1f}% |")
+        L.append("")
+    return L
+
+
+def main(argv):
+    """Re-render RESULTS.md from a saved results.json."""
+    with open(argv[1], encoding="utf-8") as f:
+        results = json.load(f)
+    results["summary"] = summarise(results)
+    text = render(results)
+    target = argv[2] if len(argv) > 2 else None
+    if target:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

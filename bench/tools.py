@@ -1,0 +1,253 @@
+"""The tools under comparison: how each one runs a job (N commands on S slots).
+
+A job is a list of commands that differ only in their last argument: ``prefix + [param]``.
+Every tool runs exactly those argument lists; the ones that always go through a shell
+(GNU parallel, simple_gpu_scheduler) get them shell-quoted. Each runner returns a dict with
+the wall time in seconds (``wall``), the CPU seconds of the tool and its tasks where they can
+be counted (``cpu``), the exit status (``rc``) and tool-specific extras.
+"""
+
+import glob
+import os
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .common import PY, REPO, clean_env, timed
+
+STAMPS = "{stamps}"
+
+
+@dataclass
+class Job:
+    """N commands ``prefix + [param]`` run on ``slots`` slots."""
+
+    workload: str
+    prefix: list
+    params: list
+    slots: int
+    durations: list = field(default_factory=list)  # nominal task durations, when known
+    stamps: bool = False  # tasks append "start_ns end_ns" lines to the run's stamp file
+
+    def argv_prefix(self, run_dir):
+        """Return the prefix with the stamp file of this run filled in."""
+        path = os.path.join(run_dir, "stamps.txt")
+        return [path if a == STAMPS else a for a in self.prefix]
+
+    def commands(self, run_dir):
+        """Return every task's argument list."""
+        pre = self.argv_prefix(run_dir)
+        return [pre + [p] for p in self.params]
+
+
+def _check(rc, what):
+    if rc != 0:
+        raise RuntimeError(f"{what} exited with status {rc}")
+
+
+# -- xargs -P ------------------------------------------------------------------------------
+
+def run_xargs(job, run_dir):
+    """Run the job with ``xargs -P S -n 1 PREFIX``, arguments on stdin."""
+    inp = os.path.join(run_dir, "params.txt")
+    with open(inp, "w", encoding="utf-8") as f:
+        f.write("\n".join(job.params) + "\n")
+    argv = ["xargs", "-P", str(job.slots), "-n", "1", *job.argv_prefix(run_dir)]
+    with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
+        wall, cpu, rc = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin, stdout=out)
+    _check(rc, "xargs")
+    return {"wall": wall, "cpu": cpu, "rc": rc}
+
+
+# -- GNU parallel ----------------------------------------------------------------------------
+
+def parallel_available():
+    """Return GNU parallel's version line, or None (moreutils' parallel does not count)."""
+    exe = shutil.which("parallel")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = out.splitlines()[0] if out else ""
+    return line if "GNU parallel" in line else None
+
+
+def run_parallel(job, run_dir):
+    """Run the job with ``parallel -j S 'PREFIX' < params`` (each task through a shell)."""
+    inp = os.path.join(run_dir, "params.txt")
+    with open(inp, "w", encoding="utf-8") as f:
+        f.write("\n".join(job.params) + "\n")
+    cmd = shlex.join(job.argv_prefix(run_dir))
+    argv = ["parallel", "--will-cite", "-j", str(job.slots), cmd]
+    env = clean_env(HOME=run_dir, TMPDIR=run_dir)  # its citation and temp files stay here
+    with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
+        wall, cpu, rc = timed(argv, cwd=run_dir, env=env, stdin=stdin, stdout=out)
+    _check(rc, "parallel")
+    return {"wall": wall, "cpu": cpu, "rc": rc}
+
+
+# -- task-spooler ----------------------------------------------------------------------------
+
+def run_tsp(job, run_dir):
+    """Queue every task with ``tsp CMD`` on a fresh server of S slots, then wait for all.
+
+    The server is started before the clock starts (it is a daemon, like a running slotrun
+    server). The clock covers queueing (one ``tsp`` client per task, as a user's loop does)
+    and the wait: a last job needing all S slots (``-N S``) starts only once every earlier
+    job has ended, and ``tsp -w`` waits for it. Each task's output goes to its own file,
+    task-spooler's default.
+    """
+    env = clean_env(TS_SOCKET=os.path.join(run_dir, "ts.sock"), TMPDIR=run_dir,
+                    TS_SLOTS=str(job.slots), TS_MAXFINISHED=str(len(job.params) + 10))
+    subprocess.run(["tsp", "-S", str(job.slots)], env=env, check=True, capture_output=True)
+    script = os.path.join(run_dir, "queue.sh")
+    pre = job.argv_prefix(run_dir)
+    with open(script, "w", encoding="utf-8") as f:
+        for p in job.params:
+            f.write("tsp " + shlex.join(pre + [p]) + " >/dev/null\n")
+        f.write(f"tsp -N {job.slots} true >/dev/null\ntsp -w\n")
+    try:
+        with open(os.path.join(run_dir, "out.log"), "wb") as out:
+            wall, _, rc = timed(["sh", script], cwd=run_dir, env=env, stdout=out)
+        _check(rc, "tsp")
+    finally:
+        subprocess.run(["tsp", "-K"], env=env, capture_output=True)
+    # The job-running tsp clients are daemonised: their CPU time cannot be counted here.
+    return {"wall": wall, "cpu": None, "rc": rc}
+
+
+# -- simple_gpu_scheduler -----------------------------------------------------------------------
+
+SGS_MAIN = "import sys; from simple_gpu_scheduler.scheduler import main; sys.exit(main())"
+
+
+def run_sgs(job, run_dir):
+    """Run the job with ``simple_gpu_scheduler --gpus 0 .. S-1 < commands`` (S slots)."""
+    inp = os.path.join(run_dir, "commands.txt")
+    with open(inp, "w", encoding="utf-8") as f:
+        for argv in job.commands(run_dir):
+            f.write(shlex.join(argv) + "\n")
+    argv = [PY, "-c", SGS_MAIN, "--gpus", *[str(i) for i in range(job.slots)]]
+    with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
+        wall, cpu, rc = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin, stdout=out)
+    _check(rc, "simple_gpu_scheduler")
+    return {"wall": wall, "cpu": cpu, "rc": rc}
+
+
+# -- slotrun -----------------------------------------------------------------------------------
+
+def slotrun_workspace(job, run_dir, ws=None):
+    """Write one config per task (configs/<workload>/<index>/<param>.yaml); return the workspace."""
+    ws = ws or os.path.join(run_dir, "ws")
+    width = len(str(len(job.params)))
+    for i, p in enumerate(job.params):
+        folder = os.path.join(ws, "configs", job.workload, str(i).zfill(width))
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, p + ".yaml"), "w", encoding="utf-8") as f:
+            f.write(f"task: {i}\n")
+    return ws
+
+
+def slotrun_argv(job, run_dir, ws):
+    """Return the multi-run.py command line of a job (its task command: PREFIX {name})."""
+    template = shlex.join(job.argv_prefix(run_dir)) + " {name}"
+    return [PY, os.path.join(REPO, "multi-run.py"), "-c", f"^configs/{job.workload}/",
+            "-gpu", "false", "-d", str(job.slots), "-check", "false",
+            "--command", template, "--workspace", ws]
+
+
+def slotrun_records(ws):
+    """Return what the engine recorded: attempt counts, its own first-start-to-last-exit span
+    and the number of per-task log files."""
+    db = os.path.join(ws, ".slotrun", "state.db")
+    conn = sqlite3.connect(db)
+    try:
+        total, ok, first, last = conn.execute(
+            "SELECT COUNT(*), SUM(state='succeeded'), MIN(started_at), MAX(finished_at) "
+            "FROM attempts").fetchone()
+    finally:
+        conn.close()
+    logs = len(glob.glob(os.path.join(ws, ".slotrun", "runs", "*", "*", "output.log")))
+    return {"attempts": total, "succeeded": ok or 0, "logs": logs,
+            "engine_span": (last - first) if first is not None and last is not None else None}
+
+
+def run_slotrun(job, run_dir, ws=None):
+    """Run the job headless with multi-run.py on S CPU slots (durable records, per-task logs)."""
+    ws = slotrun_workspace(job, run_dir, ws)
+    argv = slotrun_argv(job, run_dir, ws)
+    with open(os.path.join(run_dir, "console.log"), "wb") as out:
+        wall, cpu, rc = timed(argv, cwd=ws, env=clean_env(), stdin=subprocess.DEVNULL, stdout=out)
+    if rc != 0:
+        with open(os.path.join(run_dir, "console.log"), encoding="utf-8", errors="replace") as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"multi-run.py exited with status {rc}:\n{tail}")
+    rec = slotrun_records(ws)
+    n = len(job.params)
+    if rec["succeeded"] != n or rec["logs"] != n:
+        raise RuntimeError(f"slotrun recorded {rec['succeeded']} succeeded attempts and "
+                           f"{rec['logs']} log files for {n} tasks")
+    return {"wall": wall, "cpu": cpu, "rc": rc, **rec}
+
+
+TMPFS = "/dev/shm"
+
+
+def tmpfs_available():
+    """Return True when a writable tmpfs (/dev/shm) exists."""
+    return os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK)
+
+
+def run_slotrun_tmpfs(job, run_dir):
+    """Run slotrun as run_slotrun does, with the workspace (state.db, run folders, logs,
+    results) on tmpfs: the same work without this machine's disk's cost of creating files."""
+    import tempfile
+
+    ws = tempfile.mkdtemp(prefix="slotrun-bench-", dir=TMPFS)
+    try:
+        return run_slotrun(job, run_dir, ws)
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+# -- the bare floor (for the slot gap) --------------------------------------------------------
+
+def run_floor(job, run_dir):
+    """Run the job from a bare launcher: posix_spawn + os.wait, refilling a slot the moment
+    a child ends (S slots, no shell, no records, no output files).
+
+    Not a tool: the smallest exit-to-start gap this machine and interpreter allow under the
+    same concurrency, which is subtracted from every tool's gap to give what the tool adds.
+    """
+    env = clean_env()
+    cmds = iter(job.commands(run_dir))
+    running = 0
+    t0 = time.perf_counter()
+    while True:
+        while running < job.slots:
+            argv = next(cmds, None)
+            if argv is None:
+                break
+            os.posix_spawn(argv[0], argv, env)
+            running += 1
+        if not running:
+            break
+        os.wait()
+        running -= 1
+    return {"wall": time.perf_counter() - t0, "cpu": None, "rc": 0}
+
+
+RUNNERS = {
+    "xargs": run_xargs,
+    "slotrun": run_slotrun,
+    "simple_gpu_scheduler": run_sgs,
+    "task-spooler": run_tsp,
+    "GNU parallel": run_parallel,
+    "slotrun-tmpfs": run_slotrun_tmpfs,
+}
