@@ -412,8 +412,8 @@ def _render_profile(prof):
         for op in fs[places[0]]:
             L.append(f"| {op} | " + " | ".join(
                 f"{fs[p][op]['wall_us']:.0f} / {fs[p][op]['cpu_us']:.0f}" for p in places) + " |")
-        L += ["", "Per task slotrun creates 4 folders (`.slotrun/runs/<task>/`, "
-              "`.slotrun/runs/<task>/<attempt>/`, and for a task that writes no results "
+        L += ["", "Per task slotrun creates 3 folders (`.slotrun/runs/<task>-<attempt>/`, "
+              "and for a task that writes no results "
               "`results/<...>/` itself, two levels here) and 4 files (`output.log`, the "
               "wrapper's `pid` and `exit`, the `.done` marker); xargs creates none, "
               "task-spooler one (its output file).", ""]

@@ -173,7 +173,7 @@ def slotrun_records(ws):
             "FROM attempts").fetchone()
     finally:
         conn.close()
-    logs = len(glob.glob(os.path.join(ws, ".slotrun", "runs", "*", "*", "output.log")))
+    logs = len(glob.glob(os.path.join(ws, ".slotrun", "runs", "*", "output.log")))
     return {"attempts": total, "succeeded": ok or 0, "logs": logs,
             "engine_span": (last - first) if first is not None and last is not None else None}
 

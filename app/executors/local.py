@@ -74,6 +74,28 @@ def group_alive(pgid):
     return True
 
 
+def kill_tree(pgid, grace):
+    """Stop a process group: SIGTERM, then SIGKILL once ``grace`` seconds have passed."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        log.warning("not allowed to signal process group %s", pgid)
+        return
+    deadline = time.monotonic() + grace
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        time.sleep(delay)  # waiting out a grace period, not on the dispatch path
+        delay = min(delay * 2, 0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class LocalExecutor:
     """Starts, watches and stops task processes on this machine."""
 
@@ -202,33 +224,12 @@ class LocalExecutor:
 
     def stop(self, handle, grace=5.0, wait=False):
         """Stop a task's whole process tree: SIGTERM, then SIGKILL after ``grace`` seconds."""
-        t = threading.Thread(target=self._kill_tree, args=(handle.pid, grace),
+        t = threading.Thread(target=kill_tree, args=(handle.pid, grace),
                              name=f"slotrun-stop-{handle.task_id}", daemon=True)
         t.start()
         if wait:
             t.join()
         return t
-
-    @staticmethod
-    def _kill_tree(pgid, grace):
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            log.warning("not allowed to signal process group %s", pgid)
-            return
-        deadline = time.monotonic() + grace
-        delay = 0.005
-        while time.monotonic() < deadline:
-            if not group_alive(pgid):
-                return
-            time.sleep(delay)  # waiting out a grace period, not on the dispatch path
-            delay = min(delay * 2, 0.1)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def close(self):
         """Stop watching (running tasks keep running)."""

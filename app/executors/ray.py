@@ -29,7 +29,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import socket
 import sys
 import tarfile
@@ -40,7 +39,7 @@ import time
 from ..errors import SlotrunError
 from ..logs import LOG_NAME
 from . import Handle
-from .local import boot_id, group_alive, process_start_time, read_exit_code
+from .local import boot_id, kill_tree, process_start_time, read_exit_code
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +459,7 @@ class NodeAgent:
         threading.Thread(target=self._reap, args=(key, entry), name=f"slotrun-reap-{key}",
                          daemon=True).start()
         if abandoned:  # the head timed out while this call was on its way
-            _kill_tree(proc.pid, 0)
+            kill_tree(proc.pid, 0)
         return info
 
     def abandon(self, key):
@@ -469,7 +468,7 @@ class NodeAgent:
             self.abandoned.add(key)
             e = self.tasks.get(key)
         if e is not None and e["code"] is None:
-            _kill_tree(e["proc"].pid, 0)
+            kill_tree(e["proc"].pid, 0)
         return True
 
     def _reap(self, key, entry):
@@ -565,7 +564,7 @@ class NodeAgent:
             e = self.tasks.get(key)
         if e is None or e["code"] is not None:
             return False
-        t = threading.Thread(target=_kill_tree, args=(e["proc"].pid, grace), daemon=True)
+        t = threading.Thread(target=kill_tree, args=(e["proc"].pid, grace), daemon=True)
         t.start()
         return True
 
@@ -609,24 +608,6 @@ def _nvml_inventory(devices):
         return inv
     inv.close()
     return None
-
-
-def _kill_tree(pgid, grace):
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    delay = 0.005
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(delay)  # waiting out a grace period, not on the dispatch path
-        delay = min(delay * 2, 0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # -- the head side -------------------------------------------------------------------------------
