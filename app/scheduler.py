@@ -639,8 +639,15 @@ class Engine:
 
     def _settle(self):
         """Write down the ends already published (after the freed slots were refilled)."""
+        if not self._unsettled:
+            return
+        batches = set()
         while self._unsettled:
-            self._write_end(*self._unsettled.pop(0))
+            end = self._unsettled.pop(0)
+            self._write_end(*end)
+            batches.add(end[0].batch_id)
+        # Readers that count from the store (batch progress) may recount now.
+        self.publish("settled", {"batches": sorted(batches)})
 
     def _mark_done(self, config):
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(

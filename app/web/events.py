@@ -254,6 +254,10 @@ class Emitter:
             elif event == "batch":
                 self.new_batches.append(payload["id"])
                 self.counts_dirty = True
+            elif event == "settled":
+                # Ends are announced before they are written down; recount once they are.
+                self.dirty_batches.update(payload["batches"])
+                self.counts_dirty = True
             elif event == "slots":
                 self.slots = payload
             elif event == "queue":
