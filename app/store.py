@@ -17,6 +17,22 @@ TASK_COLUMNS = ("id, batch_id, owner, config, state, priority, seq, devices, mem
                 "attempts, queued_at, started_at, finished_at, exit_code, message, argv")
 
 
+# Sort keys of list_tasks: (SQL expression, may be NULL) pairs, always followed by id. Only
+# these fixed expressions ever reach ORDER BY; a "?" in one stands for the current time.
+_STATE_RANK = ("CASE state " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STATES))
+               + " END")
+TASK_SORTS = {
+    "id": (),
+    "config": (("config", False),),
+    "batch": (("batch_id", False),),
+    "state": ((_STATE_RANK, False),),
+    "device": (("device", True), ("slot", False)),
+    "started_at": (("started_at", True),),
+    "duration": (("COALESCE(finished_at, ?) - started_at", True),),
+    "exit_code": (("exit_code", True),),
+}
+
+
 def _task(row):
     if row is None:
         return None
@@ -172,8 +188,19 @@ class Store:
             raise NotFound(f"task {task_id} not found")
         return _task(row)
 
-    def list_tasks(self, batch_id=None, state=None, limit=50, offset=0, newest_first=True):
-        """Return (tasks, total) filtered by batch and state."""
+    def list_tasks(self, batch_id=None, state=None, limit=50, offset=0, newest_first=True,
+                   sort="id", order=None):
+        """Return (tasks, total) filtered by batch and state, ordered by ``sort`` then id.
+
+        ``sort`` is one of TASK_SORTS; ``order`` "asc" or "desc" (None: by ``newest_first``).
+        Tasks without a value for the sort key (not started yet) come last either way.
+        """
+        if sort not in TASK_SORTS:
+            raise ValueError(f"unknown sort key {sort!r}; valid: {', '.join(TASK_SORTS)}")
+        if order is None:
+            order = "desc" if newest_first else "asc"
+        if order not in ("asc", "desc"):
+            raise ValueError(f"unknown order {order!r}; valid: asc, desc")
         where, args = [], []
         if batch_id is not None:
             where.append("batch_id=?")
@@ -182,12 +209,35 @@ class Store:
             where.append("state=?")
             args.append(state)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
-        order = "DESC" if newest_first else "ASC"
+        direction = order.upper()
+        keys, key_args = [], []
+        now = time.time()  # a running task's duration counts up to now
+        for expr, nullable in TASK_SORTS[sort]:
+            if nullable:
+                keys.append(f"({expr}) IS NULL")
+                key_args += [now] * expr.count("?")
+            keys.append(f"{expr} {direction}")
+            key_args += [now] * expr.count("?")
+        keys.append(f"id {direction}")  # ties (and the default) in id order: stable pages
+        order_by = ", ".join(keys)
         conn = self._conn()
-        rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks{clause} ORDER BY id {order} "
-                            "LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
+        if sort == "id":  # the rowid order: no sorting at all, whatever the table's size
+            rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks{clause} ORDER BY {order_by} "
+                                "LIMIT ? OFFSET ?", args + [limit, offset]).fetchall()
+        else:
+            # Sort ids only, then read the page's rows: the sorter then carries no whole rows,
+            # which halves the time of a deep page at 100,000 tasks.
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tasks{clause} "
+                f"ORDER BY {order_by} LIMIT ? OFFSET ?) ORDER BY {order_by}",
+                args + key_args + [limit, offset] + key_args).fetchall()
         total = conn.execute(f"SELECT COUNT(*) FROM tasks{clause}", args).fetchone()[0]
         return [_task(r) for r in rows], total
+
+    def batch_finished_at(self, batch_id):
+        """Return when the batch's last task ended (None if none has an end time)."""
+        return self._conn().execute("SELECT MAX(finished_at) FROM tasks WHERE batch_id=?",
+                                    (batch_id,)).fetchone()[0]
 
     def state_counts(self):
         """Return {state: n} over every task."""

@@ -186,7 +186,7 @@ def test_batch_runs_to_completion_and_is_listed(client):
     assert t["exit_code"] == 0 and t["state"] == "succeeded"
     assert t["config_text"].startswith("base: exp-1-base.yaml")
     assert t["command"] == f"python run.py -c {t['config']}"
-    assert t["attempts_list"][0]["run_dir"] == f".slotrun/runs/{t['id']}/1"
+    assert t["attempts_list"][0]["run_dir"] == f".slotrun/runs/{t['id']}-1"
 
     wide = client.get(f"/api/v1/batches/{b['id']}?per_page=2&state=succeeded").json
     assert len(wide["tasks"]) == 2 and wide["pages"] == 6
@@ -266,6 +266,120 @@ def test_batch_and_task_unknown_ids(client):
 ])
 def test_task_list_bad_query(client, query, fragment):
     assert fragment in error_of(client.get(f"/api/v1/tasks?{query}"), 400)
+
+
+SORT_KEYS = ("id", "config", "batch", "state", "device", "started_at", "duration", "exit_code")
+STATE_ORDER = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped")
+
+
+def _sort_value(t, key):
+    """Return a task's value for a sort key as the API defines it (None: sorts last)."""
+    if key == "state":
+        return STATE_ORDER.index(t["state"])
+    if key == "device":
+        return None if t["device"] is None else (t["device"], t["slot"])
+    return t[key]
+
+
+def _expected_order(tasks, key, order):
+    """Return the task ids in the API's order: by the key, then id; missing values last."""
+    desc = order == "desc"
+    have = sorted((t for t in tasks if _sort_value(t, key) is not None),
+                  key=lambda t: (_sort_value(t, key), t["id"]), reverse=desc)
+    missing = sorted((t for t in tasks if _sort_value(t, key) is None),
+                     key=lambda t: t["id"], reverse=desc)
+    return [t["id"] for t in have + missing]
+
+
+@pytest.fixture
+def mixed_tasks(client):
+    """Eleven finished tasks on four GPUs plus three queued ones (the queue paused)."""
+    done = submit(client, pattern="exp", devices=["gpu0", "gpu1", "gpu2", "gpu3"])
+    wait_batch(client, done["id"])
+    client.post("/api/v1/queue/pause", json={})
+    submit(client, pattern="exp-1")
+    tasks = client.get("/api/v1/tasks?per_page=1000").json["tasks"]
+    assert len(tasks) == 14 and sum(t["started_at"] is None for t in tasks) == 3
+    yield tasks
+    client.post("/api/v1/queue/resume", json={})
+
+
+@pytest.mark.parametrize("key", SORT_KEYS)
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_task_list_sorts_across_pages(client, mixed_tasks, key, order):
+    full = client.get("/api/v1/tasks", query_string={"sort": key, "order": order,
+                                                     "per_page": 1000}).json
+    assert (full["sort"], full["order"]) == (key, order)
+    ids = [t["id"] for t in full["tasks"]]
+    assert ids == _expected_order(mixed_tasks, key, order)
+    # Pages of 4 follow one another: together they are the whole list, once each.
+    paged = []
+    for page in range(1, 5):
+        r = client.get("/api/v1/tasks", query_string={"sort": key, "order": order,
+                                                      "per_page": 4, "page": page}).json
+        assert r["total"] == 14 and r["pages"] == 4
+        paged += [t["id"] for t in r["tasks"]]
+    assert paged == ids
+    # Filters still apply, in the same order.
+    done = client.get("/api/v1/tasks", query_string={"sort": key, "order": order,
+                                                     "state": "succeeded"}).json["tasks"]
+    assert [t["id"] for t in done] == [i for i in ids if i in {t["id"] for t in done}]
+    assert len(done) == 11
+
+
+def test_task_list_sort_defaults(client, mixed_tasks):
+    newest = sorted((t["id"] for t in mixed_tasks), reverse=True)
+    default = client.get("/api/v1/tasks").json
+    assert [t["id"] for t in default["tasks"]] == newest
+    assert (default["sort"], default["order"]) == ("id", "desc")
+    assert [t["id"] for t in client.get("/api/v1/tasks?sort=&order=").json["tasks"]] == newest
+    by_config = client.get("/api/v1/tasks?sort=config").json  # any other key: ascending
+    assert by_config["order"] == "asc"
+    assert [t["id"] for t in by_config["tasks"]] == _expected_order(mixed_tasks, "config", "asc")
+    assert [t["id"] for t in client.get("/api/v1/tasks?order=asc").json["tasks"]] == newest[::-1]
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ("sort=name", "sort must be one of id, config, batch, state, device, started_at, duration, "
+                  "exit_code; not 'name'"),
+    ("sort=-id", "sort must be one of id, config"),
+    ("sort=id;DROP TABLE tasks", "sort must be one of"),
+    ("sort=batch_id", "sort must be one of"),
+    ("order=up", "order must be asc or desc; not 'up'"),
+    ("order=DESC", "order must be asc or desc"),
+    ("sort=config&order=descending", "order must be asc or desc"),
+])
+def test_task_list_bad_sort(client, query, fragment):
+    assert fragment in error_of(client.get(f"/api/v1/tasks?{query}"), 400)
+
+
+def test_batch_finished_at_is_when_its_last_task_ended(client):
+    client.post("/api/v1/queue/pause", json={})
+    b = submit(client, pattern="exp-1")
+    dropped = b["tasks"][0]["id"]
+    assert client.post(f"/api/v1/tasks/{dropped}/cancel", json={}).json["state"] == "cancelled"
+    waiting = client.get(f"/api/v1/batches/{b['id']}").json
+    assert waiting["finished_at"] is None and waiting["finished"] is False
+    client.post("/api/v1/queue/resume", json={})
+    done = wait_batch(client, b["id"])
+    ends = [t["finished_at"] for t in done["tasks"]]
+    assert done["finished_at"] == max(ends) and done["finished_at"] > done["created_at"]
+    listed = client.get("/api/v1/batches").json["batches"][0]
+    assert listed["id"] == b["id"] and listed["finished_at"] == max(ends)
+    # A retry makes the batch active again: no end until that task has finished too.
+    client.post("/api/v1/queue/pause", json={})
+    assert client.post(f"/api/v1/tasks/{dropped}/retry", json={}).json["state"] == "queued"
+    assert client.get(f"/api/v1/batches/{b['id']}").json["finished_at"] is None
+    client.post("/api/v1/queue/resume", json={})
+    again = wait_batch(client, b["id"])
+    assert again["finished_at"] > done["finished_at"]
+    assert again["finished_at"] == max(t["finished_at"] for t in again["tasks"])
+    # A batch whose tasks were all skipped ended when it was created.
+    skipped = submit(client, pattern="exp-1-1", use_gpu=False)
+    assert skipped["counts"] == {"skipped": 1}
+    summary = client.get(f"/api/v1/batches/{skipped['id']}").json
+    assert summary["finished"] and summary["finished_at"] == pytest.approx(
+        summary["created_at"], abs=1)
 
 
 def test_cancel_and_retry(make_app, monkeypatch):

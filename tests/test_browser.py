@@ -376,11 +376,17 @@ def test_filters_pagination_and_actions(page, server):
         page.select_option("#filter-batch", str(batch["id"]))
         for i in range(4):
             expect(rows.nth(i).locator(".badge")).to_have_text("cancelled")
-        # Sorting by config sorts this page's rows.
+        # Sorting by config: the server sorts (across pages), the address keeps it.
         page.get_by_role("button", name="Config").click()
         expect(page.locator('th[data-sort="config"]')).to_have_attribute("aria-sort", "ascending")
+        expect(page).to_have_url(re.compile(r"[?&]sort=config\b"))
+        listed = server.api("GET", f"/tasks?batch={batch['id']}&sort=config")[1]["tasks"]
+        ids = [t["id"] for t in listed]
+        expect(rows.first).to_have_attribute("data-task", str(ids[0]))
+        assert [int(r.get_attribute("data-task")) for r in rows.all()] == ids
         names = page.locator("#tasks-body td.config-cell").all_inner_texts()
         assert names == sorted(names)
+        expect(page.locator("#page-next")).to_have_text("Next ›")
         # A filter with no match says so.
         page.select_option("#filter-state", "running")
         expect(page.locator("#tasks-empty")).to_contain_text("No task matches these filters")
@@ -389,7 +395,7 @@ def test_filters_pagination_and_actions(page, server):
         page.get_by_role("button", name="ID", exact=True).click()
         expect(page.locator('th[data-sort="id"]')).to_have_attribute("aria-sort", "descending")
         if server.api("GET", "/tasks")[1]["total"] <= 8:
-            submit(server, "exp-2")  # stays queued while the queue is paused
+            submit(server, "exp-(1|2)")  # 7 more, queued while the queue is paused
         total = server.api("GET", "/tasks")[1]["total"]
         assert total > 8
         expect(page.locator("#page-info")).to_have_text(f"Page 1 of {-(-total // 8)}")
@@ -401,6 +407,15 @@ def test_filters_pagination_and_actions(page, server):
         assert "page=2" in page.url
         older = [int(r.get_attribute("data-task")) for r in rows.all()]
         assert max(older) < min(first_ids)
+        # Sorted by config, page 2 goes on where page 1 ended: the server sorts every page.
+        page.get_by_role("button", name="Config").click()
+        expect(page.locator("#page-info")).to_have_text(f"Page 1 of {-(-total // 8)}")
+        page.get_by_role("button", name="Next ›").click()
+        expect(page.locator("#page-info")).to_have_text(f"Page 2 of {-(-total // 8)}")
+        listed = server.api("GET", "/tasks?sort=config&per_page=8&page=2")[1]["tasks"]
+        want = [t["id"] for t in listed]
+        expect(rows.first).to_have_attribute("data-task", str(want[0]))
+        assert [int(r.get_attribute("data-task")) for r in rows.all()] == want
     finally:
         server.api("POST", "/queue/resume")
 
@@ -594,3 +609,95 @@ def test_a_viewer_sees_no_cancel_buttons_and_the_api_refuses_anyway(auth_page, a
         assert auth_server.api("GET", f"/tasks/{tid}", token=tokens["ada"])[1]["state"] == "queued"
     finally:
         auth_server.api("POST", "/queue/resume", {}, tokens["ada"])
+
+
+SLEEP_COMMAND = '{python} -c "import time; time.sleep(60)"'  # runs until cancelled
+
+
+def test_controls_follow_the_permissions_of_admins_and_members(auth_page, auth_server):
+    page = auth_page
+    tokens = auth_server.tokens
+
+    def call(method, path, body, who):
+        status, answer = auth_server.api(method, path, body, tokens[who])
+        assert status in (200, 201), answer
+        return answer
+
+    def counts():
+        return call("GET", "/status", None, "ada")["counts"]
+
+    wait_for(lambda: not counts()["queued"] and not counts()["running"], timeout=30,
+             interval=0.2, message="tasks of earlier tests are still active")
+    # Both GPUs busy (one task of mia's, one of ada's), and a batch of mia's waiting.
+    own = call("POST", "/batches", {"pattern": "exp-1-1", "overwrite": True,
+                                    "command": SLEEP_COMMAND}, "mia")
+    other = call("POST", "/batches", {"pattern": "exp-1-2", "overwrite": True,
+                                      "command": SLEEP_COMMAND}, "ada")
+    own_task, other_task = own["tasks"][0]["id"], other["tasks"][0]["id"]
+    wait_for(lambda: counts()["running"] == 2, timeout=20, interval=0.1,
+             message="the two sleeping tasks did not start")
+    waiting = call("POST", "/batches", {"pattern": "exp-2", "overwrite": True,
+                                        "command": SLEEP_COMMAND}, "mia")
+    try:
+        # An admin sees every control, and sets the waiting batch's priority in place.
+        sign_in(page, auth_server, "ada")
+        expect(page.locator("#queue-toggle")).to_have_text("Pause queue")
+        expect(page.locator(".device-card .slot-input")).to_have_count(3)
+        card = page.locator(f'.batch[data-batch="{waiting["id"]}"]')
+        priority = card.get_by_label(f"Priority of batch {waiting['id']}")
+        expect(priority).to_have_value("0")
+        priority.fill("7")
+        priority.press("Enter")
+        expect(page.locator(".toast")).to_contain_text(f"Batch #{waiting['id']}: priority 7")
+        wait_for(lambda: call("GET", f"/batches/{waiting['id']}", None, "ada")["priority"] == 7,
+                 timeout=5, message="the server did not take the new priority")
+        queued = call("GET", f"/tasks?batch={waiting['id']}", None, "ada")["tasks"]
+        assert {t["priority"] for t in queued} == {7}
+        page.reload()
+        expect(page.get_by_label(f"Priority of batch {waiting['id']}")).to_have_value("7")
+        # Whoever owns it, every running task offers Cancel to an admin.
+        for tid in (own_task, other_task):
+            expect(page.get_by_role("button", name=f"Cancel task {tid}")).to_have_count(1)
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+
+        # A member: no slot inputs, no pause button, no priority input, but the figures.
+        sign_in(page, auth_server, "mia")
+        expect(page.locator("#queue-state")).to_have_text("Queue running")
+        expect(page.locator("#queue-toggle")).to_have_count(0)
+        expect(page.locator(".device-card")).to_have_count(3)
+        expect(page.locator(".slot-input")).to_have_count(0)
+        gpus = page.locator('.device-card[data-kind="gpu"] .slots-row')
+        expect(gpus.first).to_contain_text(re.compile(r"1\s*/\s*1"))
+        expect(page.locator(".priority-input")).to_have_count(0)
+        card = page.locator(f'.batch[data-batch="{waiting["id"]}"]')
+        expect(card.locator(".batch-priority")).to_have_text("priority +7")
+        # Cancel on her own running task and batches only.
+        own_row = page.locator(f'#tasks-body tr[data-task="{own_task}"]')
+        other_row = page.locator(f'#tasks-body tr[data-task="{other_task}"]')
+        expect(own_row.locator(".badge")).to_have_text("running")
+        expect(other_row.locator(".badge")).to_have_text("running")
+        expect(own_row.get_by_role("button", name=f"Cancel task {own_task}")).to_be_visible()
+        actions = re.compile(r"^(Cancel|Retry) task")
+        expect(other_row.get_by_role("button", name=actions)).to_have_count(0)
+        expect(page.get_by_role("button", name=f"Cancel batch {waiting['id']}")).to_be_visible()
+        expect(page.get_by_role("button", name=f"Cancel batch {other['id']}")).to_have_count(0)
+        # "Suggest slots" proposes limits, but only an admin can apply them.
+        page.get_by_role("button", name="Suggest slots…").click()
+        page.select_option("#suggest-source", "need")
+        page.locator("#suggest-need").fill("1GiB")
+        page.get_by_role("button", name="Propose").click()
+        expect(page.locator(".suggest-result")).to_be_visible()
+        expect(page.locator(".suggest-note")).to_be_visible()
+        expect(page.get_by_role("button", name=re.compile(r"^Apply to"))).to_have_count(0)
+        # Her own task's Cancel works from the row; the row turns through a live event.
+        expect(page.locator("#live-badge")).to_have_attribute("data-state", "live")
+        own_row.get_by_role("button", name=f"Cancel task {own_task}").click()
+        wait_for(lambda: call("GET", f"/tasks/{own_task}", None, "mia")["state"] == "cancelled",
+                 timeout=15, interval=0.1, message="the task was not cancelled")
+        expect(own_row.locator(".badge")).to_have_text("cancelled")
+    finally:
+        for batch in (own, other, waiting):
+            auth_server.api("POST", f"/batches/{batch['id']}/cancel", {}, tokens["ada"])
+        wait_for(lambda: not counts()["running"], timeout=30, interval=0.2,
+                 message="the sleeping tasks were not stopped")

@@ -26,6 +26,7 @@ from .. import configs as configs_mod
 from ..errors import NotFound, SlotrunError
 from ..logs import LOG_NAME, read_from, tail_bytes
 from ..settings import parse_size
+from ..store import TASK_SORTS
 from ..task import ANY_GPU, FINAL_STATES, RETRYABLE_STATES, STATES, device_kind
 from . import VERSION, authorize, current_user, get_slotrun
 
@@ -70,13 +71,15 @@ def batch_json(b, usage=None, store=None):
     eta = None
     if active and store is not None and usage is not None:
         eta = _eta(b, counts, usage, store)
+    # When the last task ended, once none is queued or running (a requeue makes it null again).
+    finished_at = store.batch_finished_at(b["id"]) if not active and store is not None else None
     return {
         "id": b["id"], "owner": b["owner"], "pattern": b["pattern"], "use_gpu": b["use_gpu"],
         "devices": b["devices"], "overwrite": b["overwrite"], "command": b["command"],
         "priority": b.get("priority", 0), "memory": b.get("memory", 0),
         "max_retries": b.get("max_retries", 0), "created_at": b["created_at"],
         "total": total, "counts": counts, "done": done, "failed": counts["failed"],
-        "active": active, "finished": active == 0, "eta": eta,
+        "active": active, "finished": active == 0, "finished_at": finished_at, "eta": eta,
     }
 
 
@@ -161,6 +164,20 @@ def _state_arg():
     if state not in STATES:
         raise SlotrunError(f"state must be one of {', '.join(STATES)}; not {state!r}")
     return state
+
+
+def _sort_args():
+    """Return (sort, order) from the query: a TASK_SORTS key and asc / desc, or a 400.
+
+    The default is id, newest first; any other key defaults to ascending.
+    """
+    sort = request.args.get("sort") or "id"
+    if sort not in TASK_SORTS:
+        raise SlotrunError(f"sort must be one of {', '.join(TASK_SORTS)}; not {_show(sort)}")
+    order = request.args.get("order") or ("desc" if sort == "id" else "asc")
+    if order not in ("asc", "desc"):
+        raise SlotrunError(f"order must be asc or desc; not {_show(order)}")
+    return sort, order
 
 
 def _json_body(required=True):
@@ -642,18 +659,20 @@ def batch_zip(batch_id):
 
 @bp.get("/tasks")
 def task_list():
-    """List tasks, newest first, filtered by batch and state, one page at a time."""
+    """List tasks (newest first, or sorted), filtered by batch and state, a page at a time."""
     authorize("task.read")
     s = get_slotrun()
     page, per_page = _paging()
     state = _state_arg()
+    sort, order = _sort_args()
     batch = _int_arg("batch", None, 1, 2**63 - 1)
     if batch is not None:
         s.store.get_batch(batch)  # an unknown batch is a 404, not an empty list
     tasks, total = s.store.list_tasks(batch_id=batch, state=state, limit=per_page,
-                                      offset=(page - 1) * per_page)
+                                      offset=(page - 1) * per_page, sort=sort, order=order)
     return jsonify(tasks=[task_json(t) for t in tasks], total=total, page=page,
-                   per_page=per_page, pages=max(1, math.ceil(total / per_page)))
+                   per_page=per_page, pages=max(1, math.ceil(total / per_page)), sort=sort,
+                   order=order)
 
 
 def _task(task_id, action, with_text=False):

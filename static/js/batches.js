@@ -1,8 +1,8 @@
-// Batches list: progress (done/total, failures, ETA), cancel, results zip, show tasks.
+// Batches list: progress (done/total, failures, ETA), priority, cancel, results zip, show tasks.
 
 import { apiUrl, get, post } from "./api.js";
 import {
-  formatDuration, formatFullTime, formatTime, h, mayAct, plural, rafBatch, setText, throttle, toast,
+  formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, setText, throttle, toast,
 } from "./util.js";
 
 const SHOWN = 20; // batches listed at first; "Show older" adds more
@@ -103,20 +103,95 @@ export class BatchesPanel {
       text: h("span.batch-text"),
       actions: h("span.batch-actions"),
       actionKey: "",
+      priority: h("span.batch-priority"), // shown when not 0
+      priorityEdit: null, // admins: a number input while the batch has work left
     };
+    if (may("priority")) this.buildPriority(p, b.id);
     for (const s of SEGMENTS) {
       p.segs[s] = h("span.seg", { dataset: { state: s } });
       p.bar.append(p.segs[s]);
     }
     p.root = h("article.batch", { dataset: { batch: String(b.id) }, "aria-label": `Batch ${b.id}` },
-      h("div.batch-head", null, p.id, p.pattern, p.status, p.info),
+      h("div.batch-head", null, p.id, p.pattern, p.status, p.priority, p.priorityEdit, p.info),
       p.bar,
       h("div.batch-foot", null, p.text, p.actions));
     return p;
   }
 
+  /** Add the admin's priority input (Enter or leaving the field saves, Esc undoes). */
+  buildPriority(p, id) {
+    const input = h("input.priority-input", {
+      type: "number", min: "-1000", max: "1000", step: "1", inputmode: "numeric",
+      "aria-label": `Priority of batch ${id}`,
+      title: "Higher starts first within its owner's queue (-1000 to 1000)",
+    });
+    const status = h("span.priority-status", { "aria-live": "polite" });
+    const shown = () => String(Number(this.batches.get(id)?.priority || 0));
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        this.savePriority(id, input, status);
+      } else if (e.key === "Escape") {
+        input.value = shown();
+        input.classList.remove("is-dirty", "is-invalid");
+        setText(status, "");
+      }
+    });
+    input.addEventListener("input", () => input.classList.toggle("is-dirty", input.value !== shown()));
+    input.addEventListener("blur", () => this.savePriority(id, input, status));
+    p.priorityInput = input;
+    p.priorityStatus = status;
+    p.priorityEdit = h("label.batch-priority-edit", { hidden: true }, h("span.muted", null, "Priority"), input, status);
+  }
+
+  async savePriority(id, input, status) {
+    const b = this.batches.get(id);
+    const text = input.value.trim();
+    if (!b || text === String(Number(b.priority || 0))) {
+      input.classList.remove("is-dirty", "is-invalid");
+      return;
+    }
+    const n = Number(text);
+    if (text === "" || !Number.isInteger(n) || n < -1000 || n > 1000) {
+      input.classList.add("is-invalid");
+      setText(status, "-1000 to 1000");
+      status.dataset.kind = "error";
+      return;
+    }
+    if (input.dataset.saving === text) return;
+    input.dataset.saving = text;
+    setText(status, "saving…");
+    status.dataset.kind = "info";
+    try {
+      const summary = await post(`/batches/${id}/priority`, { priority: n });
+      input.classList.remove("is-dirty", "is-invalid");
+      setText(status, "");
+      this.onBatch(summary && summary.id === id ? summary : { id, priority: n });
+      toast(`Batch #${id}: priority ${n}`, "ok", 2500);
+    } catch (e) {
+      input.classList.add("is-invalid");
+      setText(status, "not saved");
+      status.dataset.kind = "error";
+      toast(`Batch #${id}: priority not changed: ${e.message}`, "error");
+    } finally {
+      delete input.dataset.saving;
+    }
+  }
+
   patch(p, b) {
     const pr = batchProgress(b);
+    const priority = Number(b.priority || 0);
+    // Priority only orders queued work: admins edit it while the batch has some left.
+    const editing = Boolean(p.priorityEdit) && pr.active;
+    if (p.priorityEdit) {
+      p.priorityEdit.hidden = !editing;
+      const input = p.priorityInput;
+      const busy = document.activeElement === input || input.classList.contains("is-dirty");
+      if (!busy && input.value !== String(priority)) input.value = String(priority);
+    }
+    p.priority.hidden = editing || !priority;
+    setText(p.priority, priority ? `priority ${priority > 0 ? "+" : ""}${priority}` : "");
+    p.priority.title = priority ? "Higher starts first within its owner's queue" : "";
     const c = b.counts || {};
     p.root.classList.toggle("is-selected", String(b.id) === this.selected);
     setText(p.id, `#${b.id}`);

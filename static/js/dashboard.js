@@ -8,7 +8,7 @@ import { DevicesPanel, SuggestSlots } from "./devices.js";
 import * as live from "./live.js";
 import { TasksTable } from "./tasks.js";
 import { Timeline } from "./timeline.js";
-import { bootstrap, rafBatch, readOnly, setText, throttle, toast } from "./util.js";
+import { bootstrap, may, rafBatch, setText, throttle, toast } from "./util.js";
 
 const OTHER = ["cancelled", "interrupted", "skipped"];
 
@@ -78,13 +78,14 @@ class Summary {
       this.control.dataset.paused = this.paused ? "1" : "0";
       setText(document.getElementById("queue-state"), this.paused ? "Queue paused: nothing new starts" : "Queue running");
       if (this.toggle) {
-        this.toggle.hidden = readOnly();
+        this.toggle.hidden = !may("queue");
         setText(this.toggle, this.paused ? "Resume queue" : "Pause queue");
       }
     }
   }
 
   async flipQueue() {
+    if (!may("queue")) return;
     const pause = !this.paused;
     this.toggle.disabled = true;
     try {
@@ -131,7 +132,8 @@ function main() {
       timelineInUrl(id);
     },
   });
-  const form = new BatchForm(document.getElementById("batch-form"), {
+  // Without the right to submit, the form is not shown and never wired.
+  const form = !may("submit") ? null : new BatchForm(document.getElementById("batch-form"), {
     onSuggest: (what) => {
       suggest.open(what);
       document.getElementById("devices-panel").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -147,7 +149,7 @@ function main() {
   const devices = new DevicesPanel(document.getElementById("devices"), {
     history: gpuHistory,
     onChange: (list) => {
-      form.setDevices(list);
+      if (form) form.setDevices(list);
       summary.setDevices(list);
     },
   });

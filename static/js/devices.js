@@ -4,7 +4,7 @@
 
 import { get, patch } from "./api.js";
 import { DeviceChart, HOUR } from "./charts.js";
-import { formatBytes, h, plural, rafBatch, readOnly, setText, toast } from "./util.js";
+import { formatBytes, h, may, plural, rafBatch, setText, toast } from "./util.js";
 
 // Keys the engine adds to a device while they apply; absent from an update means "cleared".
 const ENGINE_NOTES = ["effective", "note", "probation"];
@@ -108,7 +108,7 @@ export class DevicesPanel {
     const slotStatus = h("span.slot-status", { "aria-live": "polite" });
     const inputId = `slots-${d.id.replace(/[^a-zA-Z0-9_-]/g, "_")}`;
     let input = null;
-    if (!readOnly()) {
+    if (may("slots")) {
       input = h("input.slot-input", {
         id: inputId, type: "number", min: "0", max: "256", step: "1", inputmode: "numeric",
         value: String(d.slots ?? 0),
@@ -130,7 +130,10 @@ export class DevicesPanel {
       });
       input.addEventListener("blur", () => this.save(d.id, input, slotStatus));
     }
-    const limit = input || h("span.slot-limit-ro", { "aria-label": `Slot limit for ${label}` });
+    // Without the right to change it, the limit is plain text: "running / limit".
+    const limit = input || h("span.slot-limit-ro", {
+      "aria-label": `Slot limit for ${label}`, title: "Tasks this device may run at once (an admin changes it)",
+    });
     const parts = {
       root: null,
       name: h("span.device-name"),
@@ -420,20 +423,23 @@ export class SuggestSlots {
     });
     const changes = Object.entries(s.slots).filter(([id, n]) => n !== (s.current[id] ?? 0));
     const from = s.source === "learned" ? `learned from ${s.family}` : this.label || "as given";
+    // Only admins change slot limits: others see the proposal, to pass on.
+    const action = may("slots")
+      ? h("button.btn.btn-sm.btn-primary", {
+        type: "button", disabled: !changes.length, onclick: (e) => this.apply(e.currentTarget),
+      }, changes.length ? `Apply to ${plural(changes.length, "GPU")}` : "Already set")
+      : h("span.suggest-note.muted", null, changes.length ? "An admin can apply these limits." : "Already set.");
     this.result.replaceChildren(
       h("ul.suggest-list", { "aria-label": "Proposed slot limits" }, rows),
       h("p.suggest-why.muted", null,
         `${formatBytes(s.need)} per task (${from}); each GPU: (memory − ${formatBytes(s.margin)} margin) ÷ need.`),
-      h("div.suggest-actions", null,
-        h("button.btn.btn-sm.btn-primary", {
-          type: "button", disabled: !changes.length, onclick: (e) => this.apply(e.currentTarget),
-        }, changes.length ? `Apply to ${plural(changes.length, "GPU")}` : "Already set")));
+      h("div.suggest-actions", null, action));
     this.result.hidden = false;
   }
 
   async apply(button) {
     const s = this.proposal;
-    if (!s) return;
+    if (!s || !may("slots")) return;
     button.disabled = true;
     const done = [];
     const failed = [];

@@ -3,7 +3,7 @@
 import { ApiError, apiUrl, get, post } from "./api.js";
 import * as live from "./live.js";
 import { LogView, MAX_LINES, describeDropped } from "./logview.js";
-import { progressLeft, taskDuration } from "./tasks.js";
+import { isStale, progressLeft, taskDuration } from "./tasks.js";
 import {
   ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatBytes, formatDuration, formatFullTime,
   formatTime, h, mayAct, rafBatch, root, setText, stateBadge, toast,
@@ -141,7 +141,7 @@ async function act(action) {
   try {
     const res = await post(`/tasks/${taskId}/${action}`);
     const t = res && (res.task || (res.id === taskId ? res : null));
-    if (t) updateTask(t);
+    if (t && !isStale(task, t)) updateTask(t);
     toast(action === "cancel" ? "Task cancelled" : "Task queued again", "ok", 2500);
   } catch (e) {
     toast(`Not done: ${e.message}`, "error");

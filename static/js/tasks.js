@@ -1,4 +1,5 @@
-// Tasks table: filter by batch and state, sort, paginate, patch rows live, cancel and retry.
+// Tasks table: filter by batch and state, sort (by the server, across pages), paginate, patch
+// rows live, cancel and retry.
 
 import { get, post } from "./api.js";
 import {
@@ -6,7 +7,11 @@ import {
   h, mayAct, rafBatch, root, setText, stateBadge, throttle, toast,
 } from "./util.js";
 
+// The API's sort keys (GET /tasks?sort=KEY&order=asc|desc); these start descending.
 const SORTABLE = ["id", "config", "batch", "state", "device", "started_at", "duration", "exit_code"];
+const NEWEST_FIRST = new Set(["id", "started_at", "duration"]);
+// Sort keys a task's live change can move it on (its row then needs the server's order).
+const LIVE_KEYS = new Set(["state", "device", "started_at", "duration", "exit_code"]);
 
 /** Seconds to add to the browser's clock to get the server's (0 when unknown). */
 function clockSkew() {
@@ -23,6 +28,23 @@ export function taskDuration(task) {
     return Date.now() / 1000 + clockSkew() - task.started_at;
   }
   return task.duration ?? null;
+}
+
+const STAGE = { queued: 0, running: 1 }; // any other state is an end (2)
+
+/**
+ * Return true when ``incoming`` is an older view of the task than ``current``: an action's
+ * answer can arrive after the live event that followed it (a cancel answers "running" while
+ * the process stops; the "cancelled" event may come first). Newer means queued again later,
+ * a later attempt, or further along queued -> running -> ended.
+ */
+export function isStale(current, incoming) {
+  if (!current || !incoming) return false;
+  const key = (t) => [Number(t.queued_at) || 0, Number(t.attempts) || 0, STAGE[t.state] ?? 2];
+  const a = key(current);
+  const b = key(incoming);
+  for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) return b[i] < a[i];
+  return false;
 }
 
 /** Return the seconds a running task probably has left from its progress, or null. */
@@ -136,7 +158,7 @@ export class TasksTable {
 
   setSort(key) {
     if (this.sort.key === key) this.sort.dir = this.sort.dir === "asc" ? "desc" : "asc";
-    else this.sort = { key, dir: key === "id" || key === "started_at" || key === "duration" ? "desc" : "asc" };
+    else this.sort = { key, dir: NEWEST_FIRST.has(key) ? "desc" : "asc" };
     this.page = 1;
     this.syncControls();
     this.writeUrl();
@@ -175,21 +197,8 @@ export class TasksTable {
       this.refresh();
       return;
     }
-    this.render(this.sorted(data.tasks || []));
-  }
-
-  sorted(tasks) {
-    const { key, dir } = this.sort;
-    const sign = dir === "asc" ? 1 : -1;
-    const value = (t) => (key === "duration" ? taskDuration(t) : key === "batch" ? t.batch ?? t.batch_id : t[key]);
-    return [...tasks].sort((a, b) => {
-      const va = value(a);
-      const vb = value(b);
-      if (va === vb) return sign * ((a.id > b.id) - (a.id < b.id));
-      if (va === null || va === undefined) return 1;
-      if (vb === null || vb === undefined) return -1;
-      return sign * (va > vb ? 1 : -1);
-    });
+    // The server sorted the whole list (then by id), so pages follow one another.
+    this.render(data.tasks || []);
   }
 
   render(tasks) {
@@ -229,6 +238,10 @@ export class TasksTable {
     this.$("page-prev").disabled = this.page <= 1;
     this.$("page-next").disabled = this.page >= this.pages;
     this.$("page-last").disabled = this.page >= this.pages;
+    // "Newer" / "Older" only where the order is by age, newest first.
+    const byAge = this.sort.key === "id" && this.sort.dir === "desc";
+    setText(this.$("page-prev"), byAge ? "‹ Newer" : "‹ Previous");
+    setText(this.$("page-next"), byAge ? "Older ›" : "Next ›");
     this.$("pager").hidden = this.pages <= 1;
   }
 
@@ -341,10 +354,12 @@ export class TasksTable {
     const matches = (!this.filter.batch || String(t.batch ?? t.batch_id) === this.filter.batch) &&
       (!this.filter.state || t.state === this.filter.state);
     if (row) {
+      const moved = LIVE_KEYS.has(this.sort.key) && row.task.state !== t.state;
       row.task = { ...row.task, ...t };
       this.dirty.add(t.id);
       this.paint();
-      if (!matches) this.refresh();
+      // Out of the filter, or its place in the server's order changed: fetch the page again.
+      if (!matches || moved) this.refresh();
     } else if (matches) {
       // A new task (or one entering the filter): its place depends on the server's order.
       this.refresh();
@@ -379,7 +394,8 @@ export class TasksTable {
     try {
       const res = await post(`/tasks/${id}/${action}`);
       const task = res && (res.task || (res.id === id ? res : null));
-      if (task) this.onTask(task);
+      const shown = this.rows.get(id);
+      if (task && !isStale(shown && shown.task, task)) this.onTask(task);
       toast(action === "cancel" ? `Task ${id} cancelled` : `Task ${id} queued again`, "ok", 2500);
     } catch (err) {
       toast(`Task ${id}: ${err.message}`, "error");

@@ -26,12 +26,23 @@ export function readOnly() {
   return Boolean(b.read_only) || (b.user && b.user.role === "viewer");
 }
 
-/** Return whether the current user may act on a task or batch with this owner. */
+/**
+ * Return whether the page may offer an action: "submit", "slots", "queue", "priority" or
+ * "users" (the bootstrap's permissions; the server checks every call again anyway).
+ */
+export function may(action) {
+  const b = bootstrap();
+  if (readOnly()) return false;
+  if (!b.permissions) return !b.user || b.user.role === "admin";
+  return Boolean(b.permissions[action]);
+}
+
+/** Return whether the current user may cancel or retry a task or batch with this owner. */
 export function mayAct(owner) {
   if (readOnly()) return false;
   const b = bootstrap();
-  if (!b.user || b.user.role === "admin" || !owner) return true;
-  return b.user.name === owner;
+  if (!b.user || b.user.role === "admin") return true;
+  return Boolean(owner) && b.user.name === owner;
 }
 
 /**
