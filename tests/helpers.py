@@ -1,9 +1,16 @@
-"""Shared test helpers: polling with a timeout, workspaces, free ports."""
+"""Shared test helpers: polling with a timeout, workspaces, free ports, a real server process
+and Debian's Chromium for the browser tests."""
 
+import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
+
+import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,3 +54,104 @@ def task_env(**extra):
     env.setdefault("SLOTRUN_SIM_TIME", "0.2")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+class ServerProcess:
+    """A real server subprocess on a loopback port; its output goes to a file (a full pipe
+    would block it).
+
+    By default it runs ``python -m app serve --port PORT [--workspace WORKSPACE] EXTRA_ARGS``
+    from the repository root; ``argv`` replaces that command (e.g. gunicorn), ``cwd`` the folder.
+    It counts as up once ``GET /api/v1/status`` answers ``ready_status`` (200 with accounts off,
+    401 with accounts on). ``stop()`` sends ``stop_signal``; ``start()`` starts it again.
+    """
+
+    def __init__(self, log_path, env, workspace=None, port=None, *, extra_args=(), argv=None,
+                 cwd=ROOT, ready_status=200, stop_signal=signal.SIGTERM, start=True):
+        self.port = free_port() if port is None else port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workspace = workspace
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.ready_status = ready_status
+        self.stop_signal = stop_signal
+        if argv is None:
+            argv = [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
+            if workspace is not None:
+                argv += ["--workspace", str(workspace)]
+            argv += list(extra_args)
+        self.argv = argv
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self, timeout=30):
+        """Start the server and wait until its API answers; a server that fails is stopped."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(self._ready, timeout, interval=0.1, message="server did not start")
+        except BaseException as e:
+            self.stop()  # never leave a half-started server behind
+            if isinstance(e, AssertionError):
+                raise AssertionError(f"{e}\n{self.output()}") from None
+            raise
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()}")
+        try:
+            return requests.get(self.url + "/api/v1/status", timeout=5).status_code == \
+                self.ready_status
+        except requests.RequestException:  # not listening yet, or slow to answer on a busy host
+            return False
+
+    def output(self):
+        """Return what the server printed so far."""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def api(self, method, path, token=None, **kwargs):
+        """Call the JSON API (with a bearer token when given); return the response."""
+        if token:
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, self.url + "/api/v1" + path, **kwargs)
+
+    def json_api(self, method, path, body=None, token=None, timeout=10):
+        """Call the JSON API with an optional JSON body; return (status, parsed JSON)."""
+        r = self.api(method, path, token=token, timeout=timeout,
+                     data=None if body is None else json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+        return r.status_code, json.loads(r.content or b"null")
+
+    def stop(self):
+        """Stop the server the way its operator would; return its exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+# -- Debian's Chromium for the browser tests (Playwright's own browser download is not used) ---
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags checked on the project's machines (see shared ENVIRONMENT-NOTES): without the
+# background-networking ones Chromium keeps trying to reach outside hosts.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def launch_chromium(playwright):
+    """Launch Debian's Chromium headless through a Playwright instance; return the browser."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

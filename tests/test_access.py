@@ -7,19 +7,15 @@ an entry here, so a new route or event without an access rule fails this test.
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 
 import pytest
-import requests
 import socketio
 
 from app import create_app
 from app.accounts import Accounts
 from app.store import Store
-from tests.helpers import ROOT, free_port, make_workspace, task_env, wait_for
+from tests.helpers import ServerProcess, make_workspace, task_env, wait_for
 
 ROLES = ("anonymous", "viewer", "member_own", "member_other", "admin")
 USERS = {"ada": "admin", "mia": "member", "otto": "member", "vic": "viewer"}
@@ -315,50 +311,6 @@ def write_configs(ws, folder, names):
             f.write("model_params: {name: circle, radius: 1.0}\n")
 
 
-class RealServer:
-    """``python -m app serve`` with accounts on, on a loopback port."""
-
-    def __init__(self, ws, tmp_path, **env):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "server.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(self.port), "--workspace", ws],
-            cwd=ROOT, env=task_env(PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", **env),
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(self._up, 30, interval=0.1, message="the server did not start")
-
-    def _up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited: {self.output()}")
-        try:
-            return requests.get(self.url + "/api/v1/status", timeout=5).status_code == 401
-        except requests.RequestException:
-            return False
-
-    def output(self):
-        """Return what the server printed."""
-        return self.log_path.read_text(errors="replace")
-
-    def api(self, token, method, path, **kwargs):
-        """Call the API with a bearer token; return the response."""
-        return requests.request(method, self.url + "/api/v1" + path, timeout=30,
-                                headers={"Authorization": f"Bearer {token}"}, **kwargs)
-
-    def stop(self):
-        """Stop the server with SIGTERM; return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A real server with accounts on and one CPU slot; an admin and two members with tokens."""
@@ -370,8 +322,9 @@ def lab(tmp_path_factory):
     for name, role in (("ada", "admin"), ("alice", "member"), ("bob", "member")):
         acc.add_user(name, role, password(name))
     tokens = {name: acc.create_token(name, "e2e")[1] for name in ("ada", "alice", "bob")}
-    server = RealServer(ws, base, SLOTRUN_CPU_SLOTS=1, SLOTRUN_SIM_TIME=0.2,
-                        SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"))
+    server = ServerProcess(base / "server.log", task_env(
+        PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", SLOTRUN_CPU_SLOTS=1, SLOTRUN_SIM_TIME=0.2,
+        SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu")), ws, ready_status=401)
     server.tokens = tokens
     try:
         yield server
@@ -386,7 +339,7 @@ def lab(tmp_path_factory):
 def idle(server):
     """Wait until nothing is queued or running on the server."""
     def quiet():
-        counts = server.api(server.tokens["ada"], "GET", "/status").json()["counts"]
+        counts = server.api("GET", "/status", token=server.tokens["ada"]).json()["counts"]
         return not counts["queued"] and not counts["running"]
     wait_for(quiet, 60, interval=0.1, message="the queue did not drain")
 
@@ -409,37 +362,39 @@ def test_two_members_share_one_server(lab):
         watcher.on("task", on_task)
         watcher.connect(lab.url, auth={"token": tok["alice"]}, transports=["websocket"],
                         wait_timeout=10)
-        assert lab.api(tok["ada"], "POST", "/queue/pause", json={}).status_code == 200
-        a = lab.api(tok["alice"], "POST", "/batches", json={
+        assert lab.api("POST", "/queue/pause", json={}, token=tok["ada"]).status_code == 200
+        a = lab.api("POST", "/batches", token=tok["alice"], json={
             "pattern": "alice/a-0[1-3]", "use_gpu": False, "command": SHORT, "overwrite": True})
-        b = lab.api(tok["bob"], "POST", "/batches", json={
+        b = lab.api("POST", "/batches", token=tok["bob"], json={
             "pattern": "bob/", "use_gpu": False, "command": SHORT, "overwrite": True})
         assert a.status_code == 201 and b.status_code == 201, (a.text, b.text)
         a, b = a.json(), b.json()
         # A batch belongs to whoever submitted it.
-        assert lab.api(tok["bob"], "GET", f"/batches/{a['id']}").json()["owner"] == "alice"
-        assert lab.api(tok["alice"], "GET", f"/batches/{b['id']}").json()["owner"] == "bob"
+        assert lab.api("GET", f"/batches/{a['id']}", token=tok["bob"]).json()["owner"] == "alice"
+        assert lab.api("GET", f"/batches/{b['id']}", token=tok["alice"]).json()["owner"] == "bob"
         # Each sees everything.
         for name in ("alice", "bob"):
-            listed = lab.api(tok[name], "GET", "/tasks", params={"state": "queued"}).json()
+            listed = lab.api("GET", "/tasks", params={"state": "queued"}, token=tok[name]).json()
             assert {t["owner"] for t in listed["tasks"]} == {"alice", "bob"}
         # Neither may touch the other's work, nor the queue; the admin may.
         a_last, b_last = a["tasks"][-1]["id"], b["tasks"][-1]["id"]
-        r = lab.api(tok["bob"], "POST", f"/tasks/{a_last}/cancel", json={})
+        r = lab.api("POST", f"/tasks/{a_last}/cancel", json={}, token=tok["bob"])
         assert r.status_code == 403 and "only alice (the owner) or an admin" in r.json()["error"]
-        assert lab.api(tok["alice"], "POST", f"/batches/{b['id']}/cancel",
-                       json={}).status_code == 403
-        assert lab.api(tok["bob"], "POST", "/queue/resume", json={}).status_code == 403
-        assert lab.api(tok["bob"], "PATCH", "/devices/cpu", json={"slots": 4}).status_code == 403
-        assert lab.api(tok["bob"], "POST", f"/batches/{b['id']}/priority",
-                       json={"priority": 9}).status_code == 403
-        r = lab.api(tok["alice"], "POST", f"/tasks/{a['tasks'][0]['id']}/cancel", json={})
+        assert lab.api("POST", f"/batches/{b['id']}/cancel",
+                       json={}, token=tok["alice"]).status_code == 403
+        assert lab.api("POST", "/queue/resume", json={}, token=tok["bob"]).status_code == 403
+        assert lab.api("PATCH", "/devices/cpu", json={"slots": 4},
+                       token=tok["bob"]).status_code == 403
+        assert lab.api("POST", f"/batches/{b['id']}/priority",
+                       json={"priority": 9}, token=tok["bob"]).status_code == 403
+        r = lab.api("POST", f"/tasks/{a['tasks'][0]['id']}/cancel", json={}, token=tok["alice"])
         assert r.status_code == 200 and r.json()["state"] == "cancelled"  # her own
-        r = lab.api(tok["ada"], "POST", f"/tasks/{b_last}/cancel", json={})
+        r = lab.api("POST", f"/tasks/{b_last}/cancel", json={}, token=tok["ada"])
         assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
-        r = lab.api(tok["ada"], "POST", f"/batches/{a['id']}/priority", json={"priority": 7})
+        r = lab.api("POST", f"/batches/{a['id']}/priority", json={"priority": 7},
+                    token=tok["ada"])
         assert r.status_code == 200 and r.json()["priority"] == 7
-        assert lab.api(tok["ada"], "POST", "/queue/resume", json={}).status_code == 200
+        assert lab.api("POST", "/queue/resume", json={}, token=tok["ada"]).status_code == 200
         idle(lab)
         ids = {t["id"] for t in a["tasks"][1:] + b["tasks"][:-1]}
         # Alice's live view showed Bob's tasks as well as hers.
@@ -447,7 +402,7 @@ def test_two_members_share_one_server(lab):
     finally:
         if watcher is not None and watcher.connected:
             watcher.disconnect()
-        lab.api(tok["ada"], "POST", "/queue/resume", json={})
+        lab.api("POST", "/queue/resume", json={}, token=tok["ada"])
 
 
 @pytest.mark.slow
@@ -455,9 +410,9 @@ def test_fair_share_a_small_batch_is_not_stuck_behind_a_big_one(lab):
     tok = lab.tokens
     idle(lab)
     # One CPU slot. Alice queues 30 tasks, then Bob 3.
-    a = lab.api(tok["alice"], "POST", "/batches", json={
+    a = lab.api("POST", "/batches", token=tok["alice"], json={
         "pattern": "alice/", "use_gpu": False, "command": SHORT, "overwrite": True})
-    b = lab.api(tok["bob"], "POST", "/batches", json={
+    b = lab.api("POST", "/batches", token=tok["bob"], json={
         "pattern": "bob/", "use_gpu": False, "command": SHORT, "overwrite": True})
     assert a.status_code == 201 and b.status_code == 201, (a.text, b.text)
     a, b = a.json(), b.json()
@@ -465,8 +420,8 @@ def test_fair_share_a_small_batch_is_not_stuck_behind_a_big_one(lab):
     idle(lab)
 
     def tasks(batch):
-        return lab.api(tok["ada"], "GET", "/tasks", params={"batch": batch["id"],
-                                                             "per_page": 100}).json()["tasks"]
+        return lab.api("GET", "/tasks", token=tok["ada"],
+                       params={"batch": batch["id"], "per_page": 100}).json()["tasks"]
 
     alices, bobs = tasks(a), tasks(b)
     assert {t["state"] for t in alices + bobs} == {"succeeded"}

@@ -8,23 +8,11 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 import zipfile
 
 import pytest
 
-from tests.helpers import free_port, make_workspace, task_env, wait_for
-
-CHROMIUM = "/usr/bin/chromium"
-# Flags checked on the project's machines (see shared ENVIRONMENT-NOTES): without the
-# background-networking ones Chromium keeps trying to reach outside hosts.
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+from tests.helpers import CHROMIUM, ServerProcess, launch_chromium, make_workspace, task_env, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -48,63 +36,6 @@ model_params:
 
 # -- the server ----------------------------------------------------------------------------------
 
-class Server:
-    """A ``python -m app serve`` on a loopback port; it can be stopped and started again."""
-
-    def __init__(self, workspace, env, port, log_path):
-        self.workspace = workspace
-        self.env = env
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.proc = None
-
-    def start(self):
-        """Start the server and wait until its API answers."""
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
-                cwd=self.workspace, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                return self.api("GET", "/status")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, interval=0.1, message="server did not answer /api/v1/status")
-
-    def stop(self):
-        """Stop the server (running tasks keep running; the next start re-adopts them)."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def api(self, method, path, body=None):
-        """Call the JSON API; return (status, parsed JSON)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def log(self):
-        """Return the end of what the server printed (for failure messages)."""
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()[-4000:]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Start a real server in a fresh workspace with 4 simulated GPUs; stop it afterwards."""
@@ -119,8 +50,7 @@ def server(tmp_path_factory):
     # The configs' own sim_time applies: 1.5 s for the samples, 5 s for the live one.
     env.pop("SLOTRUN_SIM_TIME", None)
     env.pop("SLOTRUN_WORKSPACE", None)
-    srv = Server(ws, env, free_port(), base / "server.log")
-    srv.start()
+    srv = ServerProcess(base / "server.log", env, cwd=ws)
     try:
         yield srv
     finally:
@@ -131,7 +61,7 @@ def server(tmp_path_factory):
 def browser():
     """Launch Debian's Chromium headless (Playwright's own browser download is not used)."""
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         try:
             yield b
         finally:
@@ -157,7 +87,7 @@ def page(browser, server):
 
 def submit(server, pattern, **extra):
     """Start a batch through the API; return its JSON."""
-    status, body = server.api("POST", "/batches", {"pattern": pattern, "use_gpu": True,
+    status, body = server.json_api("POST", "/batches", {"pattern": pattern, "use_gpu": True,
                                                    "overwrite": True, **extra})
     assert status == 201, body
     return body
@@ -166,7 +96,7 @@ def submit(server, pattern, **extra):
 def wait_batch_done(server, batch_id, timeout=30):
     """Wait until no task of the batch is queued or running; return the batch JSON."""
     def done():
-        status, b = server.api("GET", f"/batches/{batch_id}")
+        status, b = server.json_api("GET", f"/batches/{batch_id}")
         counts = (b or {}).get("counts") or {}
         return b if status == 200 and not counts.get("queued") and not counts.get("running") else None
     return wait_for(done, timeout=timeout, interval=0.2, message=f"batch {batch_id} did not finish")
@@ -210,7 +140,7 @@ def test_slot_limit_is_edited_in_place(page, server):
     field.press("Enter")
     card = page.locator('.device-card[data-device="gpu2"]')
     expect(card.locator(".slot-status")).to_have_text("saved")
-    wait_for(lambda: {d["id"]: d for d in server.api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 3,
+    wait_for(lambda: {d["id"]: d for d in server.json_api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 3,
              timeout=5, message="the server did not take the new slot limit")
     # Three pips are drawn, and a reload shows the stored value.
     expect(card.locator(".pip")).to_have_count(3)
@@ -224,7 +154,7 @@ def test_slot_limit_is_edited_in_place(page, server):
     field.fill("1")
     field.press("Tab")
     expect(card.locator(".slot-status")).to_have_text("saved")
-    wait_for(lambda: {d["id"]: d for d in server.api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 1,
+    wait_for(lambda: {d["id"]: d for d in server.json_api("GET", "/devices")[1]["devices"]}["gpu2"]["slots"] == 1,
              timeout=5)
 
 
@@ -314,7 +244,7 @@ def test_a_flooding_log_is_capped_and_the_page_stays_responsive(page, server):
     lines = page.evaluate("document.getElementById('log').textContent.split('\\n').length")
     assert 1000 < lines <= 5002, lines
     expect(log).to_contain_text("flood 39 19999")
-    assert server.api("GET", f"/tasks/{task_id}")[1]["exit_code"] == 0
+    assert server.json_api("GET", f"/tasks/{task_id}")[1]["exit_code"] == 0
 
 
 def test_results_download_as_zip(page, server):
@@ -348,7 +278,7 @@ def test_results_download_as_zip(page, server):
 
 def test_filters_pagination_and_actions(page, server):
     # A batch that waits: its tasks stay queued while the queue is paused.
-    assert server.api("POST", "/queue/pause")[0] == 200
+    assert server.json_api("POST", "/queue/pause")[0] == 200
     try:
         batch = submit(server, "exp-3")
         page.goto(server.url + "/?state=queued")
@@ -361,13 +291,13 @@ def test_filters_pagination_and_actions(page, server):
         tid = first.get_attribute("data-task")
         first.get_by_role("button", name=f"Cancel task {tid}").click()
         expect(rows).to_have_count(3)
-        assert server.api("GET", f"/tasks/{tid}")[1]["state"] == "cancelled"
+        assert server.json_api("GET", f"/tasks/{tid}")[1]["state"] == "cancelled"
         # Retry it: it is queued again.
         page.select_option("#filter-state", "cancelled")
         row = page.locator(f'#tasks-body tr[data-task="{tid}"]')
         row.get_by_role("button", name=f"Retry task {tid}").click()
         expect(row).to_have_count(0)
-        assert server.api("GET", f"/tasks/{tid}")[1]["state"] == "queued"
+        assert server.json_api("GET", f"/tasks/{tid}")[1]["state"] == "queued"
         # Cancel the whole batch (two steps), then everything of it is cancelled.
         page.select_option("#filter-state", "")
         card = page.locator(f'.batch[data-batch="{batch["id"]}"]')
@@ -380,7 +310,7 @@ def test_filters_pagination_and_actions(page, server):
         page.get_by_role("button", name="Config").click()
         expect(page.locator('th[data-sort="config"]')).to_have_attribute("aria-sort", "ascending")
         expect(page).to_have_url(re.compile(r"[?&]sort=config\b"))
-        listed = server.api("GET", f"/tasks?batch={batch['id']}&sort=config")[1]["tasks"]
+        listed = server.json_api("GET", f"/tasks?batch={batch['id']}&sort=config")[1]["tasks"]
         ids = [t["id"] for t in listed]
         expect(rows.first).to_have_attribute("data-task", str(ids[0]))
         assert [int(r.get_attribute("data-task")) for r in rows.all()] == ids
@@ -394,9 +324,9 @@ def test_filters_pagination_and_actions(page, server):
         page.get_by_role("button", name="Clear filters").first.click()
         page.get_by_role("button", name="ID", exact=True).click()
         expect(page.locator('th[data-sort="id"]')).to_have_attribute("aria-sort", "descending")
-        if server.api("GET", "/tasks")[1]["total"] <= 8:
+        if server.json_api("GET", "/tasks")[1]["total"] <= 8:
             submit(server, "exp-(1|2)")  # 7 more, queued while the queue is paused
-        total = server.api("GET", "/tasks")[1]["total"]
+        total = server.json_api("GET", "/tasks")[1]["total"]
         assert total > 8
         expect(page.locator("#page-info")).to_have_text(f"Page 1 of {-(-total // 8)}")
         expect(rows).to_have_count(8)
@@ -412,12 +342,12 @@ def test_filters_pagination_and_actions(page, server):
         expect(page.locator("#page-info")).to_have_text(f"Page 1 of {-(-total // 8)}")
         page.get_by_role("button", name="Next ›").click()
         expect(page.locator("#page-info")).to_have_text(f"Page 2 of {-(-total // 8)}")
-        listed = server.api("GET", "/tasks?sort=config&per_page=8&page=2")[1]["tasks"]
+        listed = server.json_api("GET", "/tasks?sort=config&per_page=8&page=2")[1]["tasks"]
         want = [t["id"] for t in listed]
         expect(rows.first).to_have_attribute("data-task", str(want[0]))
         assert [int(r.get_attribute("data-task")) for r in rows.all()] == want
     finally:
-        server.api("POST", "/queue/resume")
+        server.json_api("POST", "/queue/resume")
 
 
 def test_page_reconnects_after_a_server_restart_and_catches_up(page, server):
@@ -442,7 +372,7 @@ def test_page_reconnects_after_a_server_restart_and_catches_up(page, server):
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_screenshots(browser, server, artifacts_dir, width, scheme):
     """Save the dashboard and a task page at laptop and wide sizes, light and dark."""
-    if not server.api("GET", "/tasks?state=succeeded")[1]["tasks"]:
+    if not server.json_api("GET", "/tasks?state=succeeded")[1]["tasks"]:
         wait_batch_done(server, submit(server, "exp-1")["id"])
     context = browser.new_context(viewport={"width": width, "height": 1000}, color_scheme=scheme)
     try:
@@ -459,7 +389,7 @@ def test_screenshots(browser, server, artifacts_dir, width, scheme):
         pg.screenshot(path=os.path.join(artifacts_dir, f"dashboard-{width}-{scheme}.png"), full_page=True)
         # The page fits the window: no horizontal scrolling.
         assert pg.evaluate("document.documentElement.scrollWidth") <= width
-        status, listing = server.api("GET", "/tasks?state=succeeded")
+        status, listing = server.json_api("GET", "/tasks?state=succeeded")
         task_id = listing["tasks"][0]["id"]
         pg.goto(f"{server.url}/tasks/{task_id}")
         expect(pg.locator("#task-state")).to_have_text("succeeded")
@@ -471,41 +401,6 @@ def test_screenshots(browser, server, artifacts_dir, width, scheme):
 
 
 # -- accounts: a second server with logins on ----------------------------------------------------
-
-class AuthServer(Server):
-    """A server with accounts on; its API is called with a bearer token."""
-
-    def start(self):
-        """Start the server and wait until it answers (401 to strangers)."""
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
-                cwd=self.workspace, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                return self.api("GET", "/status")[0] == 401
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, interval=0.1, message="server did not answer /api/v1/status")
-
-    def api(self, method, path, body=None, token=None):
-        """Call the JSON API (as the token's user); return (status, parsed JSON)."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method,
-                                     headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
 
 ACCOUNTS = {"ada": "admin", "mia": "member", "vic": "viewer"}
 
@@ -524,9 +419,8 @@ def auth_server(tmp_path_factory):
     env = task_env(SLOTRUN_FAKE_GPUS=2, SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"),
                    SLOTRUN_AUTH="true", SLOTRUN_SIM_TIME=0.3)
     env.pop("SLOTRUN_WORKSPACE", None)
-    srv = AuthServer(ws, env, free_port(), base / "server.log")
+    srv = ServerProcess(base / "server.log", env, cwd=ws, ready_status=401)
     srv.tokens = {name: acc.create_token(name, "browser")[1] for name in ACCOUNTS}
-    srv.start()
     try:
         yield srv
     finally:
@@ -571,7 +465,7 @@ def test_log_in_submit_and_log_out(auth_page, auth_server):
     page.get_by_role("button", name="Check…").click()
     page.get_by_role("button", name="Start 3 tasks").click()
     expect(page.locator(".toast")).to_contain_text("3 tasks queued")
-    status, batches = auth_server.api("GET", "/batches", token=auth_server.tokens["ada"])
+    status, batches = auth_server.json_api("GET", "/batches", token=auth_server.tokens["ada"])
     assert status == 200 and batches["batches"][0]["owner"] == "mia"
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
@@ -583,9 +477,9 @@ def test_log_in_submit_and_log_out(auth_page, auth_server):
 def test_a_viewer_sees_no_cancel_buttons_and_the_api_refuses_anyway(auth_page, auth_server):
     page = auth_page
     tokens = auth_server.tokens
-    assert auth_server.api("POST", "/queue/pause", {}, tokens["ada"])[0] == 200
+    assert auth_server.json_api("POST", "/queue/pause", {}, tokens["ada"])[0] == 200
     try:
-        status, batch = auth_server.api("POST", "/batches", {
+        status, batch = auth_server.json_api("POST", "/batches", {
             "pattern": "exp-2", "use_gpu": True, "overwrite": True}, tokens["mia"])
         assert status == 201, batch
         tid = batch["tasks"][0]["id"]
@@ -606,9 +500,9 @@ def test_a_viewer_sees_no_cancel_buttons_and_the_api_refuses_anyway(auth_page, a
             return [r.status, (await r.json()).error];
         }""", tid)
         assert answer[0] == 403 and "viewer (read-only)" in answer[1], answer
-        assert auth_server.api("GET", f"/tasks/{tid}", token=tokens["ada"])[1]["state"] == "queued"
+        assert auth_server.json_api("GET", f"/tasks/{tid}", token=tokens["ada"])[1]["state"] == "queued"
     finally:
-        auth_server.api("POST", "/queue/resume", {}, tokens["ada"])
+        auth_server.json_api("POST", "/queue/resume", {}, tokens["ada"])
 
 
 SLEEP_COMMAND = '{python} -c "import time; time.sleep(60)"'  # runs until cancelled
@@ -619,7 +513,7 @@ def test_controls_follow_the_permissions_of_admins_and_members(auth_page, auth_s
     tokens = auth_server.tokens
 
     def call(method, path, body, who):
-        status, answer = auth_server.api(method, path, body, tokens[who])
+        status, answer = auth_server.json_api(method, path, body, tokens[who])
         assert status in (200, 201), answer
         return answer
 
@@ -698,6 +592,6 @@ def test_controls_follow_the_permissions_of_admins_and_members(auth_page, auth_s
         expect(own_row.locator(".badge")).to_have_text("cancelled")
     finally:
         for batch in (own, other, waiting):
-            auth_server.api("POST", f"/batches/{batch['id']}/cancel", {}, tokens["ada"])
+            auth_server.json_api("POST", f"/batches/{batch['id']}/cancel", {}, tokens["ada"])
         wait_for(lambda: not counts()["running"], timeout=30, interval=0.2,
                  message="the sleeping tasks were not stopped")

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from tests.helpers import free_port, make_workspace, task_env, wait_for
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Server
+from tests.helpers import CHROMIUM, ServerProcess, launch_chromium, make_workspace, task_env, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -63,8 +62,7 @@ def server(tmp_path_factory):
                    SLOTRUN_MEMORY_SAMPLE_INTERVAL="0.1")
     env.pop("SLOTRUN_SIM_TIME", None)  # the configs' own sim_time applies
     env.pop("SLOTRUN_WORKSPACE", None)
-    srv = Server(ws, env, free_port(), base / "server.log")
-    srv.start()
+    srv = ServerProcess(base / "server.log", env, cwd=ws)
     try:
         yield srv
     finally:
@@ -74,7 +72,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         try:
             yield b
         finally:
@@ -103,14 +101,14 @@ def page(browser, server):
 
 
 def submit(server, pattern, **extra):
-    status, body = server.api("POST", "/batches", {"pattern": pattern, "overwrite": True, **extra})
+    status, body = server.json_api("POST", "/batches", {"pattern": pattern, "overwrite": True, **extra})
     assert status == 201, body
     return body
 
 
 def wait_batch_done(server, batch_id, timeout=30):
     def done():
-        status, b = server.api("GET", f"/batches/{batch_id}")
+        status, b = server.json_api("GET", f"/batches/{batch_id}")
         return b if status == 200 and b["finished"] else None
     return wait_for(done, timeout=timeout, interval=0.2, message=f"batch {batch_id} did not finish")
 
@@ -240,11 +238,11 @@ def test_suggest_slots_and_the_memory_preview(page, server, artifacts_dir):
     box.get_by_role("button", name="Apply to 2 GPUs").click()
     expect(page.locator(".toast")).to_contain_text("Slot limits set: gpu0 3, gpu1 3")
     expect(page.get_by_label("Slot limit for gpu0")).to_have_value("3")
-    devs = {d["id"]: d for d in server.api("GET", "/devices")[1]["devices"]}
+    devs = {d["id"]: d for d in server.json_api("GET", "/devices")[1]["devices"]}
     assert devs["gpu0"]["slots"] == 3 and devs["gpu1"]["slots"] == 3
     expect(box.get_by_role("button", name="Already set")).to_be_disabled()
     for dev in ("gpu0", "gpu1"):
-        assert server.api("PATCH", f"/devices/{dev}", {"slots": 2})[0] == 200
+        assert server.json_api("PATCH", f"/devices/{dev}", {"slots": 2})[0] == 200
 
     # The batch form names the expected memory per family and offers a suggestion for it.
     page.get_by_label("Configs matching").fill("mem|exp-1")
@@ -272,14 +270,14 @@ def test_an_out_of_memory_cap_is_shown_on_the_device_card(page, server, artifact
     wait_batch_done(server, batch["id"])
     # Once a task finished there, the cap is lifted and the note goes.
     expect(note).to_be_hidden()
-    states = [t["state"] for t in server.api("GET", f"/batches/{batch['id']}")[1]["tasks"]]
+    states = [t["state"] for t in server.json_api("GET", f"/batches/{batch['id']}")[1]["tasks"]]
     assert states == ["succeeded", "succeeded"]
 
 
 @pytest.mark.parametrize("width,scheme", [(1280, "light"), (1920, "dark"), (1280, "dark"), (1920, "light")])
 def test_screenshots(browser, server, artifacts_dir, width, scheme):
     """Save the dashboard with charts and a live timeline, at laptop and wide sizes."""
-    status, listing = server.api("GET", "/batches")
+    status, listing = server.json_api("GET", "/batches")
     running = [b for b in listing["batches"] if b["pattern"] == "mem-[345]" and not b["finished"]]
     batch = running[0] if running else submit(server, "mem-[345]")
     context, pg, errors = open_page(browser, width, scheme)

@@ -9,8 +9,7 @@ import pytest
 
 from app.accounts import Accounts
 from app.store import Store
-from tests.helpers import ROOT, make_workspace, task_env
-from tests.test_access import RealServer
+from tests.helpers import ROOT, ServerProcess, make_workspace, task_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +32,9 @@ def server(tmp_path_factory):
     acc = Accounts(Store(os.path.join(ws, ".slotrun", "state.db")))
     acc.add_user("mia", "member", "pw-mia-123")
     acc.add_user("vic", "viewer", "pw-vic-123")
-    srv = RealServer(ws, base, SLOTRUN_CPU_SLOTS=1, SLOTRUN_SIM_TIME=0.2,
-                     SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"))
+    srv = ServerProcess(base / "server.log", task_env(
+        PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", SLOTRUN_CPU_SLOTS=1, SLOTRUN_SIM_TIME=0.2,
+        SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu")), ws, ready_status=401)
     srv.base = base
     srv.member = acc.create_token("mia", "cli")[1]
     srv.viewer = acc.create_token("vic", "cli")[1]
@@ -55,7 +55,7 @@ def test_remote_run_prints_what_a_local_run_prints(server):
     assert remote.stdout.splitlines()[-1] == "Summary: 3 succeeded, 0 failed, 0 skipped"
     assert remote.stderr == ""
     # The batch ran on the server, as the token's user.
-    batches = server.api(server.member, "GET", "/batches").json()["batches"]
+    batches = server.api("GET", "/batches", token=server.member).json()["batches"]
     assert batches[0]["owner"] == "mia" and batches[0]["counts"]["succeeded"] == 3
     # Run again: the server skips what is complete, as a local run does.
     again = multi_run(str(server.base), "-c", "exp-1-1", "-gpu", "false", "-check", "false",

@@ -8,7 +8,6 @@ access log, websockets and their Origin header, and timing under concurrent requ
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import socketio
 from app import create_app
 from app.accounts import Accounts
 from app.store import Store
-from tests.helpers import ROOT, free_port, make_workspace, task_env, wait_for
+from tests.helpers import ROOT, ServerProcess, free_port, make_workspace, task_env, wait_for
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -353,47 +352,6 @@ def test_bad_input_gets_a_clear_answer_and_no_internals(app):
 
 # -- a real server, started with no user ----------------------------------------------------------
 
-class Server:
-    """``python -m app serve`` with accounts on, its output in a file."""
-
-    def __init__(self, ws, log_path, **env):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws = ws
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(self.port), "--workspace", ws],
-            cwd=ROOT, env=task_env(PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", **env),
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(self._up, 30, interval=0.1, message="the server did not start")
-
-    def _up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited: {self.output()}")
-        try:
-            return requests.get(self.url + "/api/v1/status", timeout=5).status_code == 401
-        except requests.RequestException:
-            return False
-
-    def output(self):
-        """Return what the server printed."""
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        """Stop it with SIGTERM; return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real server on a fresh workspace with long config names; set up through its link."""
@@ -403,7 +361,9 @@ def server(tmp_path_factory):
     for i in range(5):  # names a catastrophic pattern chokes on
         with open(os.path.join(ws, "configs", "long", "a" * (56 + i) + ".yaml"), "w") as f:
             f.write("model_params: {name: circle, radius: 1}\n")
-    srv = Server(ws, base / "server.log", SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu"))
+    srv = ServerProcess(base / "server.log", task_env(
+        PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu")),
+        ws, ready_status=401)
     try:
         link = wait_for(lambda: re.search(r"http://127\.0\.0\.1:\d+/setup\?token=\S+",
                                           srv.output()), 10).group(0)

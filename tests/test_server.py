@@ -7,8 +7,6 @@ command; both on 4 simulated GPUs in a fresh workspace.
 import http.client
 import io
 import os
-import signal
-import subprocess
 import sys
 import threading
 import zipfile
@@ -17,61 +15,12 @@ import pytest
 import requests
 import socketio
 
-from tests.helpers import ROOT, free_port, task_env, wait_for
+from tests.helpers import ServerProcess, free_port, task_env, wait_for
 
 pytestmark = pytest.mark.slow
 
 LINES_CMD = ('{python} -c "import time\nfor i in range(30):\n    print(\'line\', i, flush=True)\n'
              '    time.sleep(0.02)"')
-
-
-class Server:
-    """A server subprocess whose output goes to a file (a full pipe would block it)."""
-
-    def __init__(self, argv, env, port, log_path, stop_signal):
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.stop_signal = stop_signal
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            wait_for(self._ready, 30, interval=0.1, message="server did not start")
-        except BaseException as e:
-            self.stop()  # never leave a half-started server behind
-            if isinstance(e, AssertionError):
-                raise AssertionError(f"{e}\n{self.output()}") from None
-            raise
-
-    def _ready(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()}")
-        try:
-            return requests.get(self.url + "/api/v1/status", timeout=5).status_code == 200
-        except requests.RequestException:  # not listening yet, or slow to answer on a busy host
-            return False
-
-    def output(self):
-        """Return what the server printed so far."""
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def api(self, method, path, **kwargs):
-        """Call the JSON API; return the response."""
-        return requests.request(method, self.url + "/api/v1" + path, timeout=30, **kwargs)
-
-    def stop(self):
-        """Stop the server the way its operator would; return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
 
 
 class Recorder:
@@ -120,8 +69,7 @@ def task_states(rec, ids):
 
 def test_real_server_end_to_end(env, workspace, tmp_path):
     port = free_port()
-    server = Server([sys.executable, "-m", "app", "serve", "--port", str(port), "--workspace",
-                     workspace], env, port, tmp_path / "server.log", signal.SIGTERM)
+    server = ServerProcess(tmp_path / "server.log", env, workspace, port)
     rec = None
     try:
         rec = Recorder(server.url)
@@ -193,9 +141,9 @@ def test_real_server_end_to_end(env, workspace, tmp_path):
 
 def test_gunicorn_serves_websockets_and_one_engine(env, workspace, tmp_path):
     port = free_port()
-    server = Server([sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "50",
-                     "-b", f"127.0.0.1:{port}", "app:create_app()"], env, port,
-                    tmp_path / "gunicorn.log", signal.SIGTERM)
+    server = ServerProcess(tmp_path / "gunicorn.log", env, port=port, argv=[
+        sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "50",
+        "-b", f"127.0.0.1:{port}", "app:create_app()"])
     rec = None
     try:
         status = server.api("GET", "/status").json()
@@ -222,8 +170,7 @@ def test_gunicorn_serves_websockets_and_one_engine(env, workspace, tmp_path):
 
 def test_restart_keeps_running_tasks_and_clients_catch_up(env, workspace, tmp_path):
     port = free_port()
-    argv = [sys.executable, "-m", "app", "serve", "--port", str(port), "--workspace", workspace]
-    server = Server(argv, env, port, tmp_path / "first.log", signal.SIGTERM)
+    server = ServerProcess(tmp_path / "first.log", env, workspace, port)
     try:
         r = server.api("POST", "/batches", json={
             "pattern": "exp-1-1", "use_gpu": False,
@@ -233,7 +180,7 @@ def test_restart_keeps_running_tasks_and_clients_catch_up(env, workspace, tmp_pa
     finally:
         assert server.stop() == 0, server.output()
     # The task outlived the server; the next server re-adopts it and reports its end live.
-    server = Server(argv, env, port, tmp_path / "second.log", signal.SIGTERM)
+    server = ServerProcess(tmp_path / "second.log", env, workspace, port)
     rec = None
     try:
         rec = Recorder(server.url)
