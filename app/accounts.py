@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -97,10 +96,7 @@ class Accounts:
         check_name(name)
         check_role(role)
         check_password(password)
-        try:
-            self.db.add_user(name, role, generate_password_hash(password))
-        except sqlite3.IntegrityError:
-            raise Conflict(f"user {name} already exists") from None
+        self.db.add_user(name, role, generate_password_hash(password))
         return self.user(name)
 
     def user(self, name):

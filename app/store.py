@@ -10,7 +10,7 @@ import threading
 import time
 from importlib import resources
 
-from .errors import NotFound
+from .errors import Conflict, NotFound
 from .task import ACTIVE_STATES, FINAL_STATES, QUEUED, RUNNING, STATES
 
 TASK_COLUMNS = ("id, batch_id, owner, config, state, priority, seq, devices, memory, device, slot, "
@@ -389,10 +389,14 @@ class AccountStore:
         return self.store._conn()
 
     def add_user(self, name, role, password_hash):
-        """Insert a user; return its id (raises sqlite3.IntegrityError if the name exists)."""
-        with self.store._write() as c:
-            return c.execute("INSERT INTO users(name, role, password_hash, created_at) "
-                             "VALUES(?,?,?,?)", (name, role, password_hash, time.time())).lastrowid
+        """Insert a user; return its id (Conflict if the name is taken)."""
+        try:
+            with self.store._write() as c:
+                return c.execute("INSERT INTO users(name, role, password_hash, created_at) "
+                                 "VALUES(?,?,?,?)",
+                                 (name, role, password_hash, time.time())).lastrowid
+        except sqlite3.IntegrityError:
+            raise Conflict(f"user {name} already exists") from None
 
     def get_user(self, name=None, user_id=None):
         """Return a user row by name or id, or None."""
