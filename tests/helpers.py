@@ -1,6 +1,7 @@
 """Shared test helpers: polling with a timeout, workspaces, free ports, a real server process
 and Debian's Chromium for the browser tests."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -155,3 +156,35 @@ CHROMIUM_ARGS = [
 def launch_chromium(playwright):
     """Launch Debian's Chromium headless through a Playwright instance; return the browser."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def close_apps(apps):
+    """Stop the tasks still running in test apps, then close the apps (fixture teardown)."""
+    for app in apps:
+        s = app.extensions["slotrun"]
+        engine = s.runtime.engine
+        if engine is not None:
+            for t in list(engine.running):
+                try:
+                    engine.cancel_task(t)
+                except Exception:  # noqa: BLE001 - it finished meanwhile
+                    pass
+            wait_for(lambda: not engine.running, 15, message="tasks still running at teardown")
+        s.close()
+
+
+@contextlib.contextmanager
+def checked_page(browser, **context_options):
+    """Yield a fresh page in its own context; JavaScript errors on it fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, **context_options)
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()
+    # A failed request (a 404 answer the page handles) is logged too: only real errors count.
+    bad = [e for e in errors if not e.startswith("Failed to load resource")
+           and "websocket" not in e.lower()]
+    assert not bad, f"JavaScript errors on the page: {bad}"

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from app import create_app
-from tests.helpers import wait_for
+from tests.helpers import close_apps, wait_for
 
 FINAL = {"succeeded", "failed", "cancelled", "interrupted", "skipped"}
 
@@ -36,17 +36,7 @@ def make_app(workspace, monkeypatch):
         return app
 
     yield make
-    for app in apps:
-        s = app.extensions["slotrun"]
-        engine = s.runtime.engine
-        if engine is not None:
-            for t in list(engine.running):
-                try:
-                    engine.cancel_task(t)
-                except Exception:  # noqa: BLE001 - already finished
-                    pass
-            wait_for(lambda: not engine.running, 15, message="tasks still running at teardown")
-        s.close()
+    close_apps(apps)
 
 
 @pytest.fixture

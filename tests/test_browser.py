@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from tests.helpers import CHROMIUM, ServerProcess, launch_chromium, make_workspace, task_env, wait_for
+from tests.helpers import (CHROMIUM, ServerProcess, checked_page, launch_chromium, make_workspace,
+                           task_env, wait_for)
 
 pytestmark = [
     pytest.mark.browser,
@@ -71,18 +72,8 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     """A fresh page (own context) at laptop size; JavaScript errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(15000)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    context.close()
-    # A failed request (a 404 answer the page handles) is logged too: only real errors count.
-    bad = [e for e in errors if not e.startswith("Failed to load resource")
-           and "websocket" not in e.lower()]
-    assert not bad, f"JavaScript errors on the page: {bad}"
+    with checked_page(browser, accept_downloads=True) as pg:
+        yield pg
 
 
 def submit(server, pattern, **extra):
@@ -430,17 +421,8 @@ def auth_server(tmp_path_factory):
 @pytest.fixture
 def auth_page(browser, auth_server):
     """A fresh page on the accounts server; JavaScript errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    pg = context.new_page()
-    pg.set_default_timeout(15000)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    context.close()
-    bad = [e for e in errors if not e.startswith("Failed to load resource")
-           and "websocket" not in e.lower()]
-    assert not bad, f"JavaScript errors on the page: {bad}"
+    with checked_page(browser) as pg:
+        yield pg
 
 
 def sign_in(page, server, name):

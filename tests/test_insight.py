@@ -6,7 +6,7 @@ import os
 import pytest
 
 from app import create_app
-from tests.helpers import wait_for
+from tests.helpers import close_apps, wait_for
 
 GIB = 1024**3
 MIB = 1024**2
@@ -44,18 +44,7 @@ def make_app(ws):
         return app
 
     yield make
-    for app in apps:
-        s = app.extensions["slotrun"]
-        engine = s.runtime.engine
-        if engine is not None:
-            for t in list(engine.running):
-                try:
-                    engine.cancel_task(t)
-                except Exception:  # noqa: BLE001 - already finished
-                    pass
-            wait_for(lambda: not engine.running, 15, message="tasks still running at teardown")
-        s.close()
-        s.insight.stop()
+    close_apps(apps)
 
 
 @pytest.fixture

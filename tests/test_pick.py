@@ -155,7 +155,7 @@ def test_whole_simulated_run(limits_list, tasks):
     assert sorted(started) == list(range(len(tasks)))
 
 
-def test_large_queue_pick_is_lazy():
+def test_large_queue_takes_the_head_without_mutating_it():
     pending = [Pending(i, "ann", ("cpu",), 0, i) for i in range(100000)]
     queues = {"ann": pending}
     from app.task import pick_from_queues

@@ -2,7 +2,8 @@
 
 import { apiUrl, get, post } from "./api.js";
 import {
-  formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, setText, throttle, toast,
+  formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, saveWholeNumber, setText,
+  throttle, toast,
 } from "./util.js";
 
 const SHOWN = 20; // batches listed at first; "Show older" adds more
@@ -146,36 +147,17 @@ export class BatchesPanel {
 
   async savePriority(id, input, status) {
     const b = this.batches.get(id);
-    const text = input.value.trim();
-    if (!b || text === String(Number(b.priority || 0))) {
-      input.classList.remove("is-dirty", "is-invalid");
-      return;
-    }
-    const n = Number(text);
-    if (text === "" || !Number.isInteger(n) || n < -1000 || n > 1000) {
-      input.classList.add("is-invalid");
-      setText(status, "-1000 to 1000");
-      status.dataset.kind = "error";
-      return;
-    }
-    if (input.dataset.saving === text) return;
-    input.dataset.saving = text;
-    setText(status, "saving…");
-    status.dataset.kind = "info";
-    try {
-      const summary = await post(`/batches/${id}/priority`, { priority: n });
-      input.classList.remove("is-dirty", "is-invalid");
-      setText(status, "");
-      this.onBatch(summary && summary.id === id ? summary : { id, priority: n });
-      toast(`Batch #${id}: priority ${n}`, "ok", 2500);
-    } catch (e) {
-      input.classList.add("is-invalid");
-      setText(status, "not saved");
-      status.dataset.kind = "error";
-      toast(`Batch #${id}: priority not changed: ${e.message}`, "error");
-    } finally {
-      delete input.dataset.saving;
-    }
+    if (!b) return;
+    await saveWholeNumber(input, status, {
+      current: Number(b.priority || 0), min: -1000, max: 1000, hint: "-1000 to 1000",
+      failed: `Batch #${id}: priority not changed`,
+      send: async (n) => {
+        const summary = await post(`/batches/${id}/priority`, { priority: n });
+        setText(status, "");
+        this.onBatch(summary && summary.id === id ? summary : { id, priority: n });
+        toast(`Batch #${id}: priority ${n}`, "ok", 2500);
+      },
+    });
   }
 
   patch(p, b) {

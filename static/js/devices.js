@@ -4,7 +4,7 @@
 
 import { get, patch } from "./api.js";
 import { DeviceChart, HOUR } from "./charts.js";
-import { formatBytes, h, may, plural, rafBatch, setText, toast } from "./util.js";
+import { formatBytes, h, may, plural, rafBatch, saveWholeNumber, setText, toast } from "./util.js";
 
 // Keys the engine adds to a device while they apply; absent from an update means "cleared".
 const ENGINE_NOTES = ["effective", "note", "probation"];
@@ -259,45 +259,24 @@ export class DevicesPanel {
 
   async save(id, input, status) {
     const d = this.devices.get(id);
-    const text = input.value.trim();
-    const current = String(d.slots ?? 0);
-    if (text === current) {
-      input.classList.remove("is-dirty", "is-invalid");
-      return;
-    }
-    const n = Number(text);
-    if (text === "" || !Number.isInteger(n) || n < 0) {
-      input.classList.add("is-invalid");
-      setText(status, "whole number ≥ 0");
-      status.dataset.kind = "error";
-      return;
-    }
-    if (input.dataset.saving === text) return;
-    input.dataset.saving = text;
-    setText(status, "saving…");
-    status.dataset.kind = "info";
-    try {
-      const res = await patch(`/devices/${encodeURIComponent(id)}`, { slots: n });
-      const dev = (res && (res.device || res)) || {};
-      d.slots = dev.slots ?? n;
-      if (dev.running !== undefined) d.running = dev.running;
-      input.classList.remove("is-dirty", "is-invalid");
-      setText(status, "saved");
-      status.dataset.kind = "ok";
-      setTimeout(() => {
-        if (status.textContent === "saved") setText(status, "");
-      }, 2000);
-      this.dirty.add(id);
-      this.paint();
-      this.onChange(this.list());
-    } catch (e) {
-      input.classList.add("is-invalid");
-      setText(status, "not saved");
-      status.dataset.kind = "error";
-      toast(`Slot limit for ${id} not changed: ${e.message}`, "error");
-    } finally {
-      delete input.dataset.saving;
-    }
+    await saveWholeNumber(input, status, {
+      current: d.slots ?? 0, min: 0, hint: "whole number ≥ 0",
+      failed: `Slot limit for ${id} not changed`,
+      send: async (n) => {
+        const res = await patch(`/devices/${encodeURIComponent(id)}`, { slots: n });
+        const dev = (res && (res.device || res)) || {};
+        d.slots = dev.slots ?? n;
+        if (dev.running !== undefined) d.running = dev.running;
+        setText(status, "saved");
+        status.dataset.kind = "ok";
+        setTimeout(() => {
+          if (status.textContent === "saved") setText(status, "");
+        }, 2000);
+        this.dirty.add(id);
+        this.paint();
+        this.onChange(this.list());
+      },
+    });
   }
 }
 

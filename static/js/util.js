@@ -245,3 +245,40 @@ export function deviceLabel(task) {
   if (!task.device) return "";
   return task.slot === null || task.slot === undefined ? task.device : `${task.device} · ${task.slot}`;
 }
+
+/**
+ * Save an in-place whole-number input: nothing when unchanged, a message when out of range,
+ * "saving…" while ``send(n)`` runs, and the input marked invalid when it fails.
+ * Returns true once saved.
+ */
+export async function saveWholeNumber(input, status, { current, min, max, hint, send, failed }) {
+  const text = input.value.trim();
+  if (text === String(current)) {
+    input.classList.remove("is-dirty", "is-invalid");
+    return false;
+  }
+  const n = Number(text);
+  if (text === "" || !Number.isInteger(n) || n < min || (max !== undefined && n > max)) {
+    input.classList.add("is-invalid");
+    setText(status, hint);
+    status.dataset.kind = "error";
+    return false;
+  }
+  if (input.dataset.saving === text) return false;
+  input.dataset.saving = text;
+  setText(status, "saving…");
+  status.dataset.kind = "info";
+  try {
+    await send(n);
+    input.classList.remove("is-dirty", "is-invalid");
+    return true;
+  } catch (e) {
+    input.classList.add("is-invalid");
+    setText(status, "not saved");
+    status.dataset.kind = "error";
+    toast(`${failed}: ${e.message}`, "error");
+    return false;
+  } finally {
+    delete input.dataset.saving;
+  }
+}
