@@ -61,8 +61,11 @@ def multi_run_parser():
                    metavar="true|false", help="rerun configs whose results are already complete "
                                               "(default false: skip them)")
     p.add_argument("--command", default=None, metavar="TEMPLATE",
-                   help="task command template (default '{python} run.py -c {config}'); "
-                        "placeholders {python} {config} {name} {results} {gpu} {task_id}")
+                   help="task command template (default '{python} run.py -c {config} "
+                        "--overwrite {overwrite} {device_args}', what the original tool ran); "
+                        "placeholders {python} {config} {name} {results} {overwrite} "
+                        "(True/False) {device_args} (-d 0 on a GPU, nothing on the CPU) {gpu} "
+                        "{device} {task_id} {batch_id}")
     p.add_argument("--workspace", default=None, metavar="DIR",
                    help="workspace folder (default: the current folder or $SLOTRUN_WORKSPACE)")
     p.add_argument("--server", default=None, metavar="URL",
@@ -99,13 +102,16 @@ def _confirm(configs, skipped):
     return answer.strip().lower() in ("y", "yes")
 
 
-def display_command(template, config):
-    """Return the command as the console shows it (python for the interpreter)."""
-    from .scheduler import render_command
+def display_command(template, config, overwrite=False):
+    """Return the command as the console shows it, as the original tool printed it.
 
-    values = {"python": "python", "config": config, "name": os.path.basename(config)[:-5],
-              "results": configs_mod.results_dir_for(config), "gpu": "", "task_id": "",
-              "device": "", "batch_id": ""}
+    ``python`` stands for the interpreter, and the GPU arguments are left out: the original
+    printed its command before it appended ``-d GPU_ID``.
+    """
+    from .scheduler import command_values, render_command
+
+    values = command_values(config, overwrite, python="python", task_id="", device="",
+                            batch_id="", results=configs_mod.results_dir_for(config))
     try:
         return " ".join(render_command(template, values))
     except (KeyError, ValueError):
@@ -163,16 +169,14 @@ def _multi_run_local(args, settings):
     if not any(limits.values()):
         raise SlotrunError("every slot count is 0, so nothing could run; give at least one "
                            "device a slot, e.g. -d 1")
-    marker = settings["done_marker"]
-    complete = {c for c in found if os.path.exists(os.path.join(
-        ws, configs_mod.results_dir_for(c, settings["configs_dir"], settings["results_dir"]), marker))}
+    complete = {c for c in found if configs_mod.completed_marker(ws, c, settings)}
     skipped_now = set() if args.overwrite else complete
     if args.check and not _confirm(found, skipped_now):
         print("Nothing was run (answer y to run, or pass -check false).")
         return EXIT_FAILED
 
     store = Store(os.path.join(state_dir(ws), "state.db"))
-    printer = _Printer(settings["command"])
+    printer = _Printer(settings["command"], args.overwrite)
     engine = Engine(settings, store, inventory, publish=printer, only_own_batches=True,
                     limits=limits)
     engine.start()
@@ -213,8 +217,9 @@ def _install_signal_handlers():
 class _Printer:
     """Prints the original tool's console lines from the engine's task events."""
 
-    def __init__(self, template):
+    def __init__(self, template, overwrite=False):
         self.template = template
+        self.overwrite = overwrite
         self.done = threading.Event()
         self.lock = threading.Lock()
         self.batch_id = None
@@ -258,7 +263,7 @@ class _Printer:
             shown.add("end")
             self.finished += 1
             self.counts[t["state"]] = self.counts.get(t["state"], 0) + 1
-            cmd = display_command(self.template, t["config"])
+            cmd = display_command(self.template, t["config"], self.overwrite)
             if t["state"] == SUCCEEDED:
                 print(f"The process finished: {cmd} [{self.finished}/{self.total}]", flush=True)
             else:

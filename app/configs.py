@@ -84,6 +84,20 @@ def results_dir_for(config, configs_dir="configs", results_dir="results"):
     return f"{results_dir}/{rel}"
 
 
+def completed_marker(workspace, config, settings):
+    """Return the marker file showing that a config's results are complete, or None.
+
+    slotrun's own ``done_marker`` counts, and so does any of ``complete_markers`` (by
+    default the original tool's ``trained.txt``). The answer is a path relative to the
+    workspace, e.g. ``results/exp-1/exp-1-1/trained.txt``.
+    """
+    folder = results_dir_for(config, settings["configs_dir"], settings["results_dir"])
+    for name in (settings["done_marker"], *settings.get("complete_markers", ())):
+        if name and os.path.exists(os.path.join(workspace, folder, name)):
+            return f"{folder}/{name}"
+    return None
+
+
 def read_config(workspace, config):
     """Return a config file's text, or raise NotFound."""
     from .errors import NotFound

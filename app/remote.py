@@ -70,7 +70,7 @@ def submit_remote(args, settings):
 
     import socketio
 
-    printer = _Printer(args.command or settings["command"])
+    printer = _Printer(args.command or settings["command"], bool(args.overwrite))
     sio = socketio.Client(reconnection=True)
     sio.on("task", lambda t: printer("task", t))
 
@@ -89,6 +89,11 @@ def submit_remote(args, settings):
     batch = None
     try:
         batch = client.call("POST", "/api/v1/batches", json=body)
+        try:  # show the command the server runs (its own default template unless --command)
+            info = client.call("GET", f"/api/v1/batches/{batch['id']}", params={"per_page": 1})
+            printer.template = info.get("command") or printer.template
+        except SlotrunError:
+            pass  # the lines then show this machine's template; the batch runs all the same
         printer.expect(batch)
         _catch_up(client, printer)
         printer.done.wait()

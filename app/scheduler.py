@@ -29,7 +29,11 @@ from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = ("python", "config", "name", "results", "gpu", "task_id", "device", "batch_id")
+PLACEHOLDERS = ("python", "config", "name", "results", "overwrite", "device_args", "gpu", "device",
+                "task_id", "batch_id")
+# Placeholders that stand for a list of arguments (possibly none), so each must be a whole
+# argument of the template: {device_args} is "-d 0" on a GPU and nothing on the CPU.
+ARGUMENT_LISTS = ("device_args",)
 STATE_DIR = ".slotrun"
 
 
@@ -56,6 +60,12 @@ def check_template(template):
         raise SlotrunError(f"command {template!r} cannot be split into arguments: {e}") from None
     dummy = {k: "x" for k in PLACEHOLDERS}
     for p in parts:
+        unescaped = p.replace("{{", "").replace("}}", "")
+        for name in ARGUMENT_LISTS:
+            if "{" + name + "}" in unescaped and p != "{" + name + "}":
+                raise SlotrunError(
+                    f"command {template!r}: {{{name}}} must be an argument of its own, not part "
+                    f"of {p!r}; it becomes several arguments (-d 0) or none (on the CPU)")
         try:
             p.format_map(dummy)
         except KeyError as e:
@@ -69,8 +79,29 @@ def check_template(template):
 
 
 def render_command(template, values):
-    """Return the argument list of a template filled with ``values``."""
-    return [p.format_map(values) for p in shlex.split(template)]
+    """Return the argument list of a template filled with ``values``.
+
+    A value that is a list (``device_args``) replaces its whole argument with its items.
+    """
+    argv = []
+    for p in shlex.split(template):
+        whole = values.get(p[1:-1]) if p.startswith("{") and p.endswith("}") else None
+        if isinstance(whole, (list, tuple)):
+            argv.extend(whole)
+        else:
+            argv.append(p.format_map(values))
+    return argv
+
+
+def command_values(config, overwrite, gpu=None, **extra):
+    """Return a task's placeholder values (``gpu``: its NVML index, None on the CPU)."""
+    values = {"config": config, "name": os.path.basename(config)[:-5],
+              "overwrite": str(bool(overwrite)),  # True / False, as the original tool passed it
+              # The task sees only its own GPU (CUDA_VISIBLE_DEVICES), so CUDA numbers it 0.
+              "device_args": [] if gpu is None else ["-d", "0"],
+              "gpu": "" if gpu is None else str(gpu)}
+    values.update(extra)
+    return values
 
 
 @dataclass
@@ -512,9 +543,9 @@ class Engine:
                                               self.settings["results_dir"])
         cfg_arg = self._config_as_submitted(task_id, config, run_dir)
         idx = gpu_index(device)
-        values = {"python": sys.executable, "config": cfg_arg, "name": os.path.basename(config)[:-5],
-                  "results": results, "gpu": "" if idx is None else str(idx),
-                  "task_id": str(task_id), "device": device, "batch_id": str(item.batch_id)}
+        values = command_values(cfg_arg, batch.overwrite, idx, python=sys.executable,
+                                name=os.path.basename(config)[:-5], results=results,
+                                task_id=str(task_id), device=device, batch_id=str(item.batch_id))
         now = time.time()
         try:
             argv = render_command(batch.command, values)
@@ -662,12 +693,9 @@ class Engine:
     # -- command bodies (scheduler thread) ----------------------------------------------------
 
     def _submit(self, spec, configs):
-        marker = self.settings["done_marker"]
         tasks = []
         for config in configs:
-            results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
-                                                  self.settings["results_dir"])
-            done = os.path.exists(os.path.join(self.workspace, results, marker))
+            done = configs_mod.completed_marker(self.workspace, config, self.settings)
             try:
                 with open(os.path.join(self.workspace, config), encoding="utf-8", errors="replace") as f:
                     text = f.read()
@@ -676,7 +704,7 @@ class Engine:
             if done and not spec["overwrite"]:
                 tasks.append(dict(config=config, config_text=text, state=SKIPPED,
                                   devices=spec["devices"], memory=spec["memory"],
-                                  message=f"results already complete ({results})"))
+                                  message=f"results already complete ({done})"))
             else:
                 memory = spec["memory"] or (declared_memory(config, text) if spec["use_gpu"] else 0)
                 tasks.append(dict(config=config, config_text=text, state=QUEUED,

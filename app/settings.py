@@ -23,16 +23,24 @@ class Setting:
 
 SETTINGS = (
     Setting("workspace", ".", "Workspace folder holding configs/, models/, run.py and results/."),
-    Setting("command", "{python} run.py -c {config}",
-            "Task command template, split into arguments (never run through a shell). "
-            "Placeholders: {python} (this interpreter), {config} (config path relative to the "
-            "workspace), {name} (config name without .yaml), {results} (its results folder), "
-            "{gpu} (GPU index, empty on CPU), {task_id}."),
+    Setting("command", "{python} run.py -c {config} --overwrite {overwrite} {device_args}",
+            "Task command template, split into arguments (never run through a shell); the "
+            "default passes what the original multi-run.py passed. Placeholders: {python} (this "
+            "interpreter), {config} (config path relative to the workspace), {name} (config "
+            "name without .yaml), {results} (its results folder), {overwrite} (True or False: "
+            "the batch's overwrite), {device_args} (-d 0 for a GPU task: the task's one visible "
+            "CUDA device; no argument at all for a CPU task; it must stand alone), {gpu} (the "
+            "GPU's NVML index, as in CUDA_VISIBLE_DEVICES; empty on CPU), {device} (gpu3, cpu), "
+            "{task_id}, {batch_id}."),
     Setting("configs_dir", "configs", "Folder of experiment configs, relative to the workspace."),
     Setting("results_dir", "results", "Folder of results, relative to the workspace."),
     Setting("done_marker", ".done",
             "File written in a task's results folder once it succeeded; a config whose marker "
             "exists is skipped unless overwrite is asked for."),
+    Setting("complete_markers", ("trained.txt",),
+            "Other files that also mark a config's results complete (comma-separated, or a list "
+            "in slotrun.yaml); the default recognises results of the original multi-run.py "
+            "tool, whose run.py writes trained.txt. Empty: only done_marker counts.", tuple),
     Setting("kill_grace", 5.0, "Seconds between SIGTERM and SIGKILL when stopping a task.", float),
     Setting("cpu_slots", 1, "Default number of CPU slots.", int),
     Setting("gpu_slots", 1, "Default number of slots on each GPU.", int),
@@ -92,10 +100,29 @@ def parse_bool(value, what="value"):
     raise SlotrunError(f"{what} must be true or false, not {value!r}")
 
 
+def parse_names(value, what="value"):
+    """Return a tuple of file names from a list or a comma-separated string."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise SlotrunError(f"{what} must be a list of file names (or one comma-separated "
+                           f"string such as 'trained.txt,finished'), not {value!r}")
+    names = tuple(v for v in items if v)
+    for name in names:
+        if name.startswith("/") or ".." in name.split("/") or "\x00" in name:
+            raise SlotrunError(f"{what}: {name!r} is not a file name inside a results folder; "
+                               "write names such as trained.txt or logs/finished")
+    return names
+
+
 def coerce(setting, value):
     """Return ``value`` converted to the setting's type, or raise a clear error."""
     if setting.type is bool:
         return parse_bool(value, setting.name)
+    if setting.type is tuple:
+        return parse_names(value, setting.name)
     try:
         return setting.type(value)
     except (TypeError, ValueError):
@@ -164,6 +191,7 @@ def markdown_table():
     """Return the settings as a Markdown table (the README's settings section)."""
     rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
     for st in SETTINGS:
-        default = st.default if st.default != "" else "(empty)"
+        default = ",".join(st.default) if isinstance(st.default, tuple) else st.default
+        default = default if default != "" else "(empty)"
         rows.append(f"| `{st.name}` | `SLOTRUN_{st.name.upper()}` | `{default}` | {st.help} |")
     return "\n".join(rows)

@@ -86,8 +86,9 @@ def efficiency(job, wall):
 # -- the sample model's start-up ----------------------------------------------------------------
 
 def startup(smoke, out_dir):
-    """Time `python run.py -c configs/exp-1/exp-1-1.yaml` (SLOTRUN_SIM_TIME=0) against bare
-    interpreter starts, in a copy of the shipped workspace."""
+    """Time `python run.py -c configs/exp-1/exp-1-1.yaml --overwrite True` (SLOTRUN_SIM_TIME=0)
+    against bare interpreter starts, in a copy of the shipped workspace (--overwrite True: the
+    sample refuses to run a config whose results are complete, as the original tool's did)."""
     n = 3 if smoke else 15
     ws = scratch(out_dir, "startup")
     try:
@@ -97,8 +98,8 @@ def startup(smoke, out_dir):
         shutil.copytree(os.path.join(REPO, "configs"), os.path.join(ws, "configs"))
         env = clean_env(SLOTRUN_SIM_TIME="0")
         cases = {
-            "sample model (run.py -c configs/exp-1/exp-1-1.yaml)":
-                [PY, "run.py", "-c", "configs/exp-1/exp-1-1.yaml"],
+            "sample model (run.py -c configs/exp-1/exp-1-1.yaml --overwrite True)":
+                [PY, "run.py", "-c", "configs/exp-1/exp-1-1.yaml", "--overwrite", "True"],
             "bare interpreter (python -c pass)": [PY, "-c", "pass"],
             "bare interpreter without site (python -I -S -c pass)": [PY, "-I", "-S", "-c", "pass"],
         }

@@ -175,7 +175,7 @@ def test_batch_runs_to_completion_and_is_listed(client):
         assert key in t, key
     assert t["exit_code"] == 0 and t["state"] == "succeeded"
     assert t["config_text"].startswith("base: exp-1-base.yaml")
-    assert t["command"] == f"python run.py -c {t['config']}"
+    assert t["command"] == f"python run.py -c {t['config']} --overwrite False -d 0"
     assert t["attempts_list"][0]["run_dir"] == f".slotrun/runs/{t['id']}-1"
 
     wide = client.get(f"/api/v1/batches/{b['id']}?per_page=2&state=succeeded").json

@@ -116,7 +116,8 @@ def test_check_answered_yes_runs(workspace):
         [sys.executable, os.path.join(ROOT, "multi-run.py"), "-c", "exp-1-1", "-gpu", "false"],
         cwd=workspace, env=task_env(), capture_output=True, text=True, input="y\n", timeout=30)
     assert r.returncode == 0, r.stderr
-    assert "The process finished: python run.py -c configs/exp-1/exp-1-1.yaml [1/1]" in r.stdout
+    assert "The process finished: python run.py -c configs/exp-1/exp-1-1.yaml --overwrite False " \
+        "[1/1]" in r.stdout
 
 
 def test_no_gpu_gives_one_clear_line(workspace):

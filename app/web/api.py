@@ -488,9 +488,7 @@ def configs():
                            "config path, e.g. ?pattern=exp-1")
     found = _match(pattern)
     s = get_slotrun().settings
-    ws, marker = s["workspace"], s["done_marker"]
-    complete = [c for c in found if os.path.exists(os.path.join(
-        ws, configs_mod.results_dir_for(c, s["configs_dir"], s["results_dir"]), marker))]
+    complete = [c for c in found if configs_mod.completed_marker(s["workspace"], c, s)]
     return jsonify(pattern=pattern, configs=found, count=len(found), complete=complete)
 
 
