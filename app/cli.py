@@ -303,10 +303,11 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.add_parser("multi-run", help="run configs headless (the same options as multi-run.py)",
                    add_help=False)
-    from . import accounts_cli, serve_cli
+    from . import accounts_cli, serve_cli, sweep_cli
 
     serve_cli.add_commands(sub)
     accounts_cli.add_commands(sub)
+    sweep_cli.add_commands(sub)
     if argv and argv[0] == "multi-run":
         return multi_run(argv[1:])
     args = p.parse_args(argv)

@@ -80,6 +80,17 @@ SETTINGS = (
             "run.", float),
     Setting("progress_pattern", r"step (\d+)/(\d+)",
             "Regex whose two groups (done, total) give a task's progress from its log."),
+    Setting("max_sweep_configs", 1000, "Most configs one sweep may create (grid: the product of "
+            "the value counts).", int),
+    Setting("results_metrics", "metrics.json,*.txt",
+            "Comma-separated file patterns, inside each config's results folder, that the "
+            "results table reads metrics from: every number of a JSON file (nested keys joined "
+            "with dots), and every other file holding one number (area.txt -> area)."),
+    Setting("results_max_bytes", 1048576, "Largest results file the results table reads, in "
+            "bytes (text files holding one number: at most 1 KiB).", int),
+    Setting("results_minimize", "loss,error,err,mse,mae,rmse,time,seconds,duration,cost,regret,"
+            "latency", "Comma-separated words: a metric whose name holds one is best when lowest "
+            "in the results table; any other metric is best when highest."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

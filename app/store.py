@@ -378,6 +378,39 @@ class Store:
         truncated = len(rows) > limit
         return [dict(r) for r in reversed(rows[:limit])], truncated
 
+    # -- results tables -----------------------------------------------------------------
+
+    _RESULT_COLUMNS = ("t.id, t.batch_id, t.owner, t.config, t.config_text, t.state, "
+                       "t.started_at, t.finished_at, (SELECT a.peak_memory FROM attempts a "
+                       "WHERE a.task_id=t.id ORDER BY a.number DESC LIMIT 1) AS peak_memory")
+
+    def result_rows(self, batch_id, limit=5000):
+        """Return (rows, total): a batch's first ``limit`` tasks in submission order.
+
+        Each row: id, batch_id, owner, config, config_text, state, started_at, finished_at
+        and the peak GPU memory of its latest attempt.
+        """
+        conn = self._conn()
+        rows = conn.execute(f"SELECT {self._RESULT_COLUMNS} FROM tasks t WHERE t.batch_id=? "
+                            "ORDER BY t.id LIMIT ?", (batch_id, int(limit))).fetchall()
+        total = conn.execute("SELECT COUNT(*) FROM tasks WHERE batch_id=?",
+                             (batch_id,)).fetchone()[0]
+        return [dict(r) for r in rows], total
+
+    def latest_tasks_of(self, configs):
+        """Return {config: row} of the newest task of each config (rows as in result_rows)."""
+        out = {}
+        configs = list(configs)
+        conn = self._conn()
+        for i in range(0, len(configs), 500):
+            chunk = configs[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in conn.execute(
+                    f"SELECT {self._RESULT_COLUMNS} FROM tasks t WHERE t.id IN (SELECT MAX(id) "
+                    f"FROM tasks WHERE config IN ({marks}) GROUP BY config)", chunk):
+                out[r["config"]] = dict(r)
+        return out
+
 
 class AccountStore:
     """Users and API tokens (the same SQLite file)."""

@@ -59,6 +59,14 @@ MATRIX = {
     ("insight.running_progress", "GET"): READ,
     ("insight.memory_suggest", "GET"): READ,
     ("insight.memory_predict", "GET"): READ,
+    ("sweeps_api.sweep_preview", "POST"): READ,
+    ("sweeps_api.sweep_create", "POST"): SUBMIT,
+    ("sweeps_api.sweep_bases", "GET"): READ,
+    ("sweeps_api.sweep_params", "GET"): READ,
+    ("results_api.batch_results", "GET"): READ,
+    ("results_api.batch_results_csv", "GET"): READ,
+    ("results_api.pattern_results", "GET"): READ,
+    ("results_api.pattern_results_csv", "GET"): READ,
     ("static", "GET"): PUBLIC,
     ("views.index", "GET"): READ,
     ("views.batch_page", "GET"): READ,
@@ -84,6 +92,7 @@ EVENT_MATRIX = {"connect": READ, "disconnect": PUBLIC, "follow": READ, "unfollow
 # The status an allowed call answers (200 unless listed): what it does once access is granted.
 ALLOWED_STATUS = {
     ("api.batch_create", "POST"): {201},
+    ("sweeps_api.sweep_create", "POST"): {201, 409},  # the first one writes; the rest exist
     ("api.task_cancel", "POST"): {409},  # the task has finished: allowed, but nothing to cancel
     ("api.task_retry", "POST"): {409},  # it succeeded: nothing to retry
     ("views.login", "GET"): {200, 302},  # signed in already: on to the dashboard
@@ -99,12 +108,18 @@ ALLOWED_STATUS = {
     ("views.user_remove", "POST"): {303},
 }
 
-QUERY = {"api.configs": "pattern=exp-1", "insight.memory_suggest": "need=1GiB",
+QUERY = {"api.configs": "pattern=exp-1", "results_api.pattern_results": "pattern=exp-1",
+         "results_api.pattern_results_csv": "pattern=exp-1",
+         "sweeps_api.sweep_params": "config=configs/exp-1/exp-1-1.yaml", "insight.memory_suggest": "need=1GiB",
          "insight.memory_predict": "config=configs/exp-1/exp-1-1.yaml"}
 
 BODIES = {
     "api.batch_create": {"pattern": "exp-1-1", "use_gpu": False},  # complete: skipped at once
     "api.device_update": {"slots": 1},
+    "sweeps_api.sweep_preview": {"base": "configs/exp-1/exp-1-1.yaml", "folder": "matrix",
+                                 "params": {"model_params.radius": [5]}},
+    "sweeps_api.sweep_create": {"base": "configs/exp-1/exp-1-1.yaml", "folder": "matrix",
+                                "params": {"model_params.radius": [5]}},
     "api.batch_priority": {"priority": 5},
     "views.login": {"name": "nobody", "password": "wrong-password"},
     "views.token_create": {"label": "matrix"},

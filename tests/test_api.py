@@ -491,7 +491,7 @@ def test_results_listing_and_download(client, finished_task):
     tid, _, root = finished_task
     listing = client.get(f"/api/v1/tasks/{tid}/files/").json
     names = {e["name"]: e for e in listing["entries"]}
-    assert set(names) == {".done", "area.txt", "meta.json", "sub", "inside.txt"}
+    assert set(names) == {".done", "area.txt", "meta.json", "metrics.json", "sub", "inside.txt"}
     assert names["sub"]["type"] == "dir" and names["area.txt"]["type"] == "file"
     assert names["area.txt"]["size"] == os.path.getsize(os.path.join(root, "area.txt"))
     assert listing["results"] == "results/exp-1/exp-1-1" and listing["path"] == ""
@@ -539,7 +539,7 @@ def test_results_zips_are_streamed_and_skip_symlinks(client, finished_task):
     assert r.is_streamed and "exp-1-1-results.zip" in r.headers["Content-Disposition"]
     members = zip_names(r)
     assert set(members) == {"exp-1-1/.done", "exp-1-1/area.txt", "exp-1-1/meta.json",
-                            "exp-1-1/sub/deeper/x.txt"}
+                            "exp-1-1/metrics.json", "exp-1-1/sub/deeper/x.txt"}
     assert members["exp-1-1/sub/deeper/x.txt"] == b"deep\n"
     batch = zip_names(client.get(f"/api/v1/batches/{bid}/results.zip"))
     assert set(batch) == {"exp-1/" + n for n in members}

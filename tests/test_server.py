@@ -116,7 +116,7 @@ def test_real_server_end_to_end(env, workspace, tmp_path):
             assert z.read("exp-1/exp-1-1/area.txt").strip() == b"3.141592653589793"
         configs = [t["config"] for t in batch["tasks"]]
         expected = {f"{c[len('configs/'):-len('.yaml')]}/{f}" for c in configs
-                    for f in (".done", "area.txt", "meta.json")}
+                    for f in (".done", "area.txt", "meta.json", "metrics.json")}
         assert names == expected
 
         # Raw paths (no client-side normalisation) cannot leave the results folder.

@@ -50,7 +50,8 @@ ACTIONS = {
     "page.view": "read", "status.read": "read", "config.read": "read", "device.read": "read",
     "batch.read": "read", "task.read": "read", "log.read": "read", "files.read": "read",
     "socket.connect": "read", "log.follow": "read",
-    "batch.create": "submit",
+    "batch.create": "submit", "sweep.create": "submit", "sweep.preview": "read",
+    "results.read": "read",
     "batch.cancel": "cancel", "task.cancel": "cancel", "task.retry": "retry",
     "device.update": "slots", "queue.pause": "queue", "queue.resume": "queue",
     "batch.priority": "priority",
@@ -574,10 +575,12 @@ def build_app(config=None):
                   f"{slotrun.setup_url('http://HOST:PORT')} (or run: python -m app users add "
                   "NAME --role admin)", file=sys.stderr, flush=True)
 
-    from . import api, events, insight, views
+    from . import api, events, insight, results_api, sweeps_api, views
 
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(insight.bp, url_prefix="/api/v1")
+    app.register_blueprint(sweeps_api.bp, url_prefix="/api/v1")
+    app.register_blueprint(results_api.bp, url_prefix="/api/v1")
     app.register_blueprint(views.bp)
     _register_errors(app)
     events.register(socketio, slotrun)

@@ -198,7 +198,8 @@ def _json_body(required=True):
     return data
 
 
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", str: "a string", list: "a list"}
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", str: "a string", list: "a list",
+               dict: "an object"}
 
 
 def _check_fields(data, spec):
@@ -530,13 +531,8 @@ BATCH_FIELDS = {
 }
 
 
-@bp.post("/batches")
-def batch_create():
-    """Queue every config matching a pattern as one batch; answer 201 with its tasks."""
-    s = get_slotrun()
-    authorize("batch.create")
-    owner = current_user()["name"]  # a batch belongs to whoever submits it, never to a field
-    body = _check_fields(_json_body(), BATCH_FIELDS)
+def batch_options(body):
+    """Return the engine's submit options from validated BATCH_FIELDS values (400 if bad)."""
     devices = body["devices"]
     if devices is not None and (not devices or not all(isinstance(d, str) for d in devices)):
         raise SlotrunError("devices must be a non-empty list of device ids such as "
@@ -552,21 +548,35 @@ def batch_create():
         from ..scheduler import check_template
 
         check_template(body["command"])  # an empty template is an error, not "the default"
-    engine = s.engine
-    engine.check_devices(body["use_gpu"], devices)  # before the (slower) config matching
-    found = _match(body["pattern"])
-    if not found:
-        raise SlotrunError(f"no config in {s.settings['configs_dir']}/ matches "
-                           f"{body['pattern']!r}; nothing to run")
-    batch = engine.submit(found, owner, use_gpu=body["use_gpu"], devices=devices,
-                          overwrite=body["overwrite"], command=body["command"],
-                          pattern=body["pattern"], priority=body["priority"], memory=memory,
-                          max_retries=body["max_retries"])
+    get_slotrun().engine.check_devices(body["use_gpu"], devices)
+    return dict(use_gpu=body["use_gpu"], devices=devices, overwrite=body["overwrite"],
+                command=body["command"], priority=body["priority"], memory=memory,
+                max_retries=body["max_retries"])
+
+
+def batch_answer(batch):
+    """Return the 201 answer to a new batch: id, total, counts per state and its tasks."""
     tasks = [{"id": t["id"], "config": t["config"], "state": t["state"]} for t in batch["tasks"]]
     counts = {}
     for t in tasks:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
-    response = jsonify(id=batch["id"], total=len(tasks), counts=counts, tasks=tasks)
+    return {"id": batch["id"], "total": len(tasks), "counts": counts, "tasks": tasks}
+
+
+@bp.post("/batches")
+def batch_create():
+    """Queue every config matching a pattern as one batch; answer 201 with its tasks."""
+    s = get_slotrun()
+    authorize("batch.create")
+    owner = current_user()["name"]  # a batch belongs to whoever submits it, never to a field
+    body = _check_fields(_json_body(), BATCH_FIELDS)
+    options = batch_options(body)  # devices are checked before the (slower) config matching
+    found = _match(body["pattern"])
+    if not found:
+        raise SlotrunError(f"no config in {s.settings['configs_dir']}/ matches "
+                           f"{body['pattern']!r}; nothing to run")
+    batch = s.engine.submit(found, owner, pattern=body["pattern"], **options)
+    response = jsonify(batch_answer(batch))
     response.status_code = 201
     response.headers["Location"] = url_for("api.batch_get", batch_id=batch["id"])
     return response
