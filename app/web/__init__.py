@@ -575,13 +575,14 @@ def build_app(config=None):
                   f"{slotrun.setup_url('http://HOST:PORT')} (or run: python -m app users add "
                   "NAME --role admin)", file=sys.stderr, flush=True)
 
-    from . import api, events, insight, results_api, sweeps_api, views
+    from . import api, events, insight, results_api, sweep_pages, sweeps_api, views
 
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(insight.bp, url_prefix="/api/v1")
     app.register_blueprint(sweeps_api.bp, url_prefix="/api/v1")
     app.register_blueprint(results_api.bp, url_prefix="/api/v1")
     app.register_blueprint(views.bp)
+    app.register_blueprint(sweep_pages.bp)
     _register_errors(app)
     events.register(socketio, slotrun)
     insight.register(socketio, slotrun)

@@ -2,8 +2,8 @@
 
 import { apiUrl, get, post } from "./api.js";
 import {
-  formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, saveWholeNumber, setText,
-  throttle, toast,
+  formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, root, saveWholeNumber,
+  setText, throttle, toast,
 } from "./util.js";
 
 const SHOWN = 20; // batches listed at first; "Show older" adds more
@@ -217,6 +217,9 @@ export class BatchesPanel {
       const buttons = [
         h("button.btn.btn-sm.btn-ghost", { type: "button", dataset: { action: "tasks" }, "aria-label": `Show the tasks of batch ${b.id}` }, "Tasks"),
         h("button.btn.btn-sm.btn-ghost", { type: "button", dataset: { action: "timeline" }, "aria-label": `Show the timeline of batch ${b.id}` }, "Timeline"),
+        h("a.btn.btn-sm.btn-ghost", {
+          href: `${root()}/batches/${b.id}/results`, "aria-label": `Results table of batch ${b.id}`,
+        }, "Results"),
         h("a.btn.btn-sm.btn-ghost", {
           href: apiUrl(`/batches/${b.id}/results.zip`), download: `batch-${b.id}-results.zip`,
           "aria-label": `Download the results of batch ${b.id} as a zip`,
