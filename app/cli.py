@@ -135,7 +135,7 @@ def multi_run(argv=None):
 
 
 def _multi_run_local(args, settings):
-    from .devices import NO_GPU_MESSAGE, open_inventory
+    from .devices import no_gpu_message, open_inventory
     from .scheduler import Engine, check_template, state_dir
     from .store import Store
     from .task import CPU
@@ -152,7 +152,7 @@ def _multi_run_local(args, settings):
     gpus = [d.id for d in inventory.gpus()]
     if args.gpu:
         if not gpus:
-            raise SlotrunError(NO_GPU_MESSAGE)
+            raise SlotrunError(no_gpu_message(inventory))
         slots = args.slots if args.slots is not None else [settings["gpu_slots"]] * len(gpus)
         if len(slots) > len(gpus):
             raise SlotrunError(f"-d gives {len(slots)} slot counts but {len(gpus)} GPU(s) were "

@@ -5,8 +5,15 @@ simulated task "allocates" memory by writing its byte count to
 ``$SLOTRUN_FAKE_GPU_DIR/gpu<i>/<pid>`` (the sample models do this for a ``gpu_memory``
 profile); the simulated inventory reports those figures per process and as used memory,
 so memory-aware admission can be exercised on a machine without a GPU.
+
+Faults stay per GPU: a GPU that cannot be read comes back as a Device with ``error`` set
+(and no figures), so the other GPUs and the CPU go on. A file named ``fault`` in a simulated
+GPU's folder makes reading that GPU fail with the file's text, as an NVML error would.
+``SLOTRUN_FAKE_GPU_PID_OFFSET=N`` makes the simulated GPUs report every process id plus N,
+as NVML does inside a container with its own PID namespace (``pids_elsewhere``).
 """
 
+import logging
 import os
 import socket
 import tempfile
@@ -15,7 +22,16 @@ from dataclasses import asdict, dataclass, field
 
 from .task import CPU
 
+log = logging.getLogger(__name__)
+
 GIB = 1024**3
+# The inode of the kernel's initial PID namespace (PROC_PID_INIT_INO): a process whose
+# /proc/self/ns/pid is another one lives in a container's own PID namespace.
+INIT_PID_NAMESPACE = 0xEFFFFFFC
+
+
+class DeviceError(Exception):
+    """A GPU could not be read (an NVML error on it, or a simulated fault)."""
 
 
 @dataclass
@@ -32,6 +48,7 @@ class Device:
     node: str = ""
     uuid: str = ""
     processes: dict = field(default_factory=dict)  # pid -> bytes of device memory
+    error: str = ""  # why this GPU could not be read ("": its figures are current)
 
     @property
     def memory_free(self):
@@ -63,17 +80,37 @@ def _pid_alive(pid):
 
 
 class Inventory:
-    """Base inventory: the CPU only."""
+    """Base inventory: the CPU only (``error`` says why no GPU is read, if one should be)."""
 
     simulated = False
     source = "none"
+    count = 0
+    # True when the process ids the GPUs report are not this process's (NVML inside a
+    # container with its own PID namespace): tasks cannot be matched to them by pid.
+    pids_elsewhere = False
 
-    def __init__(self):
+    def __init__(self, error=""):
         self._cpu_name = _cpu_name()
+        self.error = error
 
     def gpus(self):
-        """Return the GPUs with fresh figures (none here)."""
-        return []
+        """Return the GPUs with fresh figures; a GPU that cannot be read has ``error`` set."""
+        out = []
+        for i in range(self.count):
+            try:
+                out.append(self._read_gpu(i))
+            except DeviceError as e:
+                out.append(Device(f"gpu{i}", "gpu", i, self._gpu_name(i), node=socket.gethostname(),
+                                  error=str(e) or type(e).__name__))
+        return out
+
+    def _read_gpu(self, index):
+        """Return one GPU's fresh figures, or raise DeviceError."""
+        raise DeviceError(f"no GPU {index}")
+
+    def _gpu_name(self, index):
+        """Return a GPU's name for a device that cannot be read."""
+        return "GPU (not answering)"
 
     def cpu(self):
         """Return the CPU device."""
@@ -104,39 +141,53 @@ class NvmlInventory(Inventory):
         self.nv = pynvml
         self._lock = threading.Lock()
         self.count = pynvml.nvmlDeviceGetCount()
+        self._names = {}
+        self.pids_elsewhere = own_pid_namespace()
+        if self.pids_elsewhere:
+            log.warning("slotrun runs in its own PID namespace (a container without --pid=host): "
+                        "NVML reports host process ids, so GPU memory is matched to tasks by "
+                        "when their processes appear; run the container with --pid=host for "
+                        "exact matching")
 
     def gpus(self):
-        nv = self.nv
-        out = []
         with self._lock:
-            for i in range(self.count):
-                h = nv.nvmlDeviceGetHandleByIndex(i)
-                name = nv.nvmlDeviceGetName(h)
-                if isinstance(name, bytes):
-                    name = name.decode()
-                mem = nv.nvmlDeviceGetMemoryInfo(h)
-                try:
-                    util = nv.nvmlDeviceGetUtilizationRates(h).gpu
-                except nv.NVMLError:
-                    util = None
-                procs = {}
-                for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                               "nvmlDeviceGetGraphicsRunningProcesses"):
-                    try:
-                        for p in getattr(nv, getter)(h):
-                            used = p.usedGpuMemory
-                            if used is not None and used != getattr(nv, "NVML_VALUE_NOT_AVAILABLE", -1):
-                                procs[p.pid] = procs.get(p.pid, 0) + int(used)
-                    except (nv.NVMLError, AttributeError):
-                        pass
-                try:
-                    uuid = nv.nvmlDeviceGetUUID(h)
-                    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-                except nv.NVMLError:
-                    uuid = ""
-                out.append(Device(f"gpu{i}", "gpu", i, name, int(mem.total), int(mem.used), util,
-                                  node=socket.gethostname(), uuid=uuid, processes=procs))
-        return out
+            return super().gpus()
+
+    def _gpu_name(self, index):
+        return self._names.get(index, "GPU (NVML error)")
+
+    def _read_gpu(self, i):
+        nv = self.nv
+        try:
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            name = nv.nvmlDeviceGetName(h)
+            if isinstance(name, bytes):
+                name = name.decode()
+            self._names[i] = name
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+        except nv.NVMLError as e:
+            raise DeviceError(f"NVML: {e}") from None
+        try:
+            util = nv.nvmlDeviceGetUtilizationRates(h).gpu
+        except nv.NVMLError:
+            util = None
+        procs = {}
+        for getter in ("nvmlDeviceGetComputeRunningProcesses",
+                       "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                for p in getattr(nv, getter)(h):
+                    used = p.usedGpuMemory
+                    if used is not None and used != getattr(nv, "NVML_VALUE_NOT_AVAILABLE", -1):
+                        procs[p.pid] = procs.get(p.pid, 0) + int(used)
+            except (nv.NVMLError, AttributeError):
+                pass
+        try:
+            uuid = nv.nvmlDeviceGetUUID(h)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        except nv.NVMLError:
+            uuid = ""
+        return Device(f"gpu{i}", "gpu", i, name, int(mem.total), int(mem.used), util,
+                      node=socket.gethostname(), uuid=uuid, processes=procs)
 
     def close(self):
         try:
@@ -157,6 +208,8 @@ class SimulatedInventory(Inventory):
         self.memory_total = memory_total or int(os.environ.get("SLOTRUN_FAKE_GPU_MEMORY", 24 * GIB))
         self.base_used = int(os.environ.get("SLOTRUN_FAKE_GPU_BASE_USED", 300 * 1024**2))
         self.dir = fake_gpu_dir()
+        self.pid_offset = int(os.environ.get("SLOTRUN_FAKE_GPU_PID_OFFSET") or 0)
+        self.pids_elsewhere = self.pid_offset != 0
 
     def _processes(self, index):
         folder = os.path.join(self.dir, f"gpu{index}")
@@ -183,20 +236,38 @@ class SimulatedInventory(Inventory):
                 continue
         return procs
 
-    def gpus(self):
-        out = []
-        for i in range(self.count):
-            procs = self._processes(i)
-            used = min(self.memory_total, self.base_used + sum(procs.values()))
-            util = min(100, 35 * len(procs))
-            out.append(Device(f"gpu{i}", "gpu", i, f"Simulated GPU {self.memory_total // GIB} GiB",
-                              self.memory_total, used, util, node=socket.gethostname(),
-                              uuid=f"GPU-simulated-{i}", processes=procs))
-        return out
+    def _gpu_name(self, index):
+        return f"Simulated GPU {self.memory_total // GIB} GiB"
+
+    def _read_gpu(self, i):
+        try:
+            with open(os.path.join(self.dir, f"gpu{i}", "fault"), encoding="utf-8") as f:
+                raise DeviceError(f.read().strip() or "simulated NVML error")
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        procs = self._processes(i)
+        used = min(self.memory_total, self.base_used + sum(procs.values()))
+        util = min(100, 35 * len(procs))
+        if self.pid_offset:
+            procs = {pid + self.pid_offset: n for pid, n in procs.items()}
+        return Device(f"gpu{i}", "gpu", i, self._gpu_name(i), self.memory_total, used, util,
+                      node=socket.gethostname(), uuid=f"GPU-simulated-{i}", processes=procs)
+
+
+def own_pid_namespace():
+    """Return True when this process lives in a PID namespace of its own (a container)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino != INIT_PID_NAMESPACE
+    except OSError:
+        return False
 
 
 def open_inventory(fake_gpus=None):
-    """Return the NVML inventory, or simulated GPUs when asked, or the CPU alone."""
+    """Return the NVML inventory, or simulated GPUs when asked, or the CPU alone.
+
+    When NVML cannot start, the CPU-only inventory carries the reason (``error``), which is
+    logged: an error on a machine with a driver is not the same as a machine without GPUs.
+    """
     if fake_gpus is None:
         fake_gpus = int(os.environ.get("SLOTRUN_FAKE_GPUS") or 0)
     if fake_gpus and int(fake_gpus) > 0:
@@ -204,12 +275,23 @@ def open_inventory(fake_gpus=None):
     try:
         import pynvml
     except ImportError:
+        log.info("pynvml is not installed: NVIDIA GPUs are not used")
         return Inventory()
     try:
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - any NVML failure means "no NVIDIA GPU here"
-        return Inventory()
-    return NvmlInventory(pynvml)
+    except Exception as e:  # noqa: BLE001 - any NVML failure: run on the CPU, and say why
+        missing = isinstance(e, (getattr(pynvml, "NVMLError_LibraryNotFound", ()),
+                                 getattr(pynvml, "NVMLError_DriverNotLoaded", ())))
+        if missing:  # the usual case on a machine without an NVIDIA driver
+            log.info("NVML is not available (%s): no NVIDIA GPU is used", e)
+            return Inventory()
+        log.error("NVML failed to start (%s): no NVIDIA GPU is used until slotrun restarts", e)
+        return Inventory(error=f"NVML failed to start: {e}")
+    try:
+        return NvmlInventory(pynvml)
+    except Exception as e:  # noqa: BLE001 - the device count itself failed
+        log.error("NVML started but cannot count the GPUs (%s): no NVIDIA GPU is used", e)
+        return Inventory(error=f"NVML cannot count the GPUs: {e}")
 
 
 def _cpu_name():
@@ -237,3 +319,12 @@ def _host_memory():
 
 NO_GPU_MESSAGE = ("no NVIDIA GPU was found (NVML is not available); run on the CPU with "
                   "-gpu false, or simulate GPUs with SLOTRUN_FAKE_GPUS=N")
+
+
+def no_gpu_message(inventory):
+    """Return the error for a GPU batch on a machine without GPUs, with NVML's reason."""
+    error = getattr(inventory, "error", "")
+    if not error:
+        return NO_GPU_MESSAGE
+    return (f"no NVIDIA GPU can be used ({error}); run on the CPU with -gpu false, or simulate "
+            "GPUs with SLOTRUN_FAKE_GPUS=N")

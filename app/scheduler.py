@@ -18,13 +18,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from . import configs as configs_mod
-from .admission import MemoryMonitor, declared_memory, family_of, log_shows_oom
+from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, family_of,
+                        log_shows_oom)
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
 from .logs import LOG_NAME
-from .settings import parse_size
+from .settings import format_size, parse_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
-                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
+                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, need_of, order_key,
                    pick_from_queues)
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,18 @@ class Running:
     started_at: float
     stop_reason: str = ""  # "cancel" or "interrupt" once a stop was asked for
     row: dict = None  # the task as last published (to publish its end without a query)
+    memory: int = 0  # declared GPU memory need in bytes (0: none declared)
+    family: str = ""  # experiment family, for its learned need
+
+
+@dataclass
+class Settling:
+    """A task of unknown need whose GPU waits for its memory to settle (probation: unknown)."""
+
+    task_id: int
+    family: str
+    since: float  # time.monotonic() of its start
+    last: int | None = None  # bytes at the previous reading
 
 
 @dataclass
@@ -183,13 +196,24 @@ class Engine:
         # GPU-memory-aware admission (see app/admission.py)
         self.admission = bool(settings.get("admission", True))
         self.margin = parse_size(settings.get("memory_margin", "512MiB"))
-        self.probation_cap = float(settings.get("probation_max", 20.0))
-        self.task_memory = {}  # task id -> bytes now
-        self.task_peak = {}  # task id -> peak bytes seen
-        self.learned = {}  # family -> predicted bytes
-        self.probation = {}  # device -> [task id, since, last bytes]
+        self.stagger = settings.get("probation", "off") == "unknown"
+        self.probation_quiet = float(settings.get("probation_quiet", 2.0))
+        self.sample_interval = float(settings.get("memory_sample_interval", 0.5))
+        # A reading older than this is not trusted for a start: the monitor was idle, so the
+        # dispatch reads the GPUs itself (never on the path from an exit to the next start,
+        # where the monitor is reading all along).
+        self.reading_max_age = max(1.0, 3 * self.sample_interval)
+        self.ledger = MemoryLedger()  # GPU memory as of the latest reading, exits credited
+        self.task_memory = {}  # task id -> bytes in the latest reading
+        self.task_peak = {}  # task id -> peak bytes read (0: read, never held any)
+        self.learned = {}  # family -> learned need in bytes (a learned 0 is known too)
+        self.probation = {}  # device -> Settling
         self.oom_cap = {}  # device -> effective limit after an out-of-memory failure
-        self._groups = {}  # process group -> task id, for running GPU tasks
+        self.holds = {}  # device -> Hold: why its free slots took no waiting task
+        self.faults = {}  # device -> why it cannot be read (no new task starts there)
+        self.device_memory = {}  # device -> {"free", "reserved", "available"} at the last dispatch
+        self._groups = {}  # process group -> Watched, for running GPU tasks
+        self._gpu_queued = 0  # queued tasks that may run on a GPU: the monitor reads while > 0
         self._unsettled = []  # ends published and slots refilled, not yet written down
         self.monitor = None
 
@@ -211,15 +235,21 @@ class Engine:
                 self.limits[d] = stored.get(d, default)
             self.learned = self._load_learned()
             self._recover()
+            if self.gpu_devices:
+                self.monitor = MemoryMonitor(self.inventory, lambda: self._groups,
+                                             self._memory_sample, self.sample_interval,
+                                             wanted=lambda: bool(self._groups or self._gpu_queued))
+                self._observe(self.monitor.sample())  # a first reading, before any start
         except BaseException:
+            if self.monitor is not None:
+                self.monitor.close()
+                self.monitor = None
             self._release_lock()
             raise
         self._publish_usage()
         self._thread = threading.Thread(target=self._loop, name="slotrun-scheduler", daemon=True)
         self._thread.start()
-        if self.gpu_devices:
-            self.monitor = MemoryMonitor(self.inventory, lambda: self._groups, self._memory_sample,
-                                         float(self.settings.get("memory_sample_interval", 0.5)))
+        if self.monitor is not None:
             self.monitor.poke()
         return self
 
@@ -315,9 +345,9 @@ class Engine:
                 raise SlotrunError(f"unknown CPU device {bad[0]!r}; valid: " + ", ".join(cpus))
             return list(dict.fromkeys(devices))
         if not self.gpu_devices:
-            from .devices import NO_GPU_MESSAGE
+            from .devices import no_gpu_message
 
-            raise SlotrunError(NO_GPU_MESSAGE)
+            raise SlotrunError(no_gpu_message(self.inventory))
         if devices is None:
             return [ANY_GPU]
         if not isinstance(devices, (list, tuple)) or not devices:
@@ -415,7 +445,7 @@ class Engine:
                 if kill:
                     self._interrupt_own()
         elif kind == "memory":
-            self._on_memory(*item[1:])
+            self._observe(item[1])
 
     def _finish_stop(self):
         kill, since = self._stopping
@@ -429,8 +459,8 @@ class Engine:
     def _exited(self, handle, code):
         self._q.put(("exit", handle, code))
 
-    def _memory_sample(self, usage, free, when):
-        self._q.put(("memory", usage, free, when))
+    def _memory_sample(self, sample):
+        self._q.put(("memory", sample))
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -440,7 +470,11 @@ class Engine:
             if handle is not None:
                 self.running[rec["task_id"]] = Running(
                     rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
-                    rec["slot"], handle, rec["config"], rec["started_at"])
+                    rec["slot"], handle, rec["config"], rec["started_at"],
+                    memory=rec.get("memory") or 0, family=family_of(rec["config"]))
+                if gpu_index(rec["device"]) is not None:
+                    self._groups = {**self._groups, handle.pid: Watched(
+                        rec["task_id"], rec["device"], time.monotonic())}
                 self._note_batch(rec["batch_id"], own=False)
                 log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
                 continue
@@ -475,6 +509,7 @@ class Engine:
         p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"],
                     family_of(t["config"]))
         self.queued[p.id] = Queued(p, t["batch_id"], t["config"], t["attempts"])
+        self._count_queued(p.devices, 1)
         q = self.queues.setdefault(p.owner, [])
         if not q or order_key(p) > order_key(q[-1]):
             q.append(p)
@@ -485,6 +520,7 @@ class Engine:
         item = self.queued.pop(task_id, None)
         if item is None:
             return None
+        self._count_queued(item.pending.devices, -1)
         q = self.queues.get(item.pending.owner, [])
         i = bisect.bisect_left(q, order_key(item.pending), key=order_key)
         if i < len(q) and q[i].id == task_id:
@@ -495,10 +531,17 @@ class Engine:
             self.queues.pop(item.pending.owner, None)
         return item
 
+    def _count_queued(self, devices, step):
+        if any(d == ANY_GPU or gpu_index(d) is not None for d in devices):
+            self._gpu_queued += step
+            if step > 0 and self._gpu_queued == 1 and self.monitor is not None:
+                self.monitor.poke()  # GPU work waits: keep reading, it may be held by memory
+
     # -- dispatch ---------------------------------------------------------------------------------
 
     def _dispatch(self):
         if self.paused or not self.queued:
+            self.holds = {}
             self._publish_usage()  # an exit may have freed a slot with nothing left to start
             return
         running = {}
@@ -508,23 +551,57 @@ class Engine:
             by_owner[r.owner] = by_owner.get(r.owner, 0) + 1
         states = {d: DeviceState(d, self._effective_limit(d), running.get(d, 0))
                   for d in self.devices}
-        if self.admission and self.gpu_devices and any(
-                states[d].free_slots for d in self.gpu_devices if d in states):
-            for dev in self.inventory.gpus():
-                if dev.id in states:
-                    # memory_total 0: no figures yet (a cluster node just joined): no check
-                    states[dev.id].free_memory = dev.memory_free if dev.memory_total else None
-                    states[dev.id].held = dev.id in self.probation
+        if self.gpu_devices and any(states[d].free_slots for d in self.gpu_devices if d in states):
+            self._gpu_states(states)
+        holds = {}
         placements = pick_from_queues(self.queues, states, by_owner, self.margin,
                                       any_gpu=tuple(self.gpu_devices), learned=self.learned,
                                       any_cpu=tuple(d for d in self.devices
                                                     if device_kind(d) == CPU),
-                                      last_start=self.last_start)
+                                      last_start=self.last_start,
+                                      stagger_unknown=self.admission and self.stagger,
+                                      holds=holds)
+        self.holds = holds
         for placement in placements:
             self._starts += 1
             self.last_start[placement.owner] = self._starts
             self._start(placement.task_id, placement.device)
         self._publish_usage()
+
+    def _gpu_states(self, states):
+        """Fill in the GPUs' memory, reservations and blocks (no reading unless it is stale)."""
+        ledger = self.ledger
+        if self.admission and self.monitor is not None and \
+                ledger.age(time.monotonic()) > self.reading_max_age:
+            self._observe(self.monitor.sample())  # the monitor was idle: read the GPUs now
+        reserved = self._reservations() if self.admission else {}
+        memory = {}
+        for d in self.gpu_devices:
+            st = states.get(d)
+            if st is None:
+                continue
+            if d in self.faults:
+                st.blocked = f"{d} cannot be read: {self.faults[d]}"
+            elif d in self.probation:
+                st.blocked = f"settling: task {self.probation[d].task_id}'s memory need is unknown"
+            if self.admission:
+                st.free_memory = ledger.free_now(d)  # None: no reading (no figures): not checked
+                if st.free_memory is not None:
+                    st.reserved = reserved.get(d, 0)
+                    memory[d] = {"free": st.free_memory, "reserved": st.reserved,
+                                 "available": st.available}
+        self.device_memory = memory
+
+    def _reservations(self):
+        """Return {device: bytes its running tasks will still take} (need - current use)."""
+        out = {}
+        for r in self.running.values():
+            need = r.memory or self.learned.get(r.family)
+            if need:
+                left = need - self.ledger.used_by(r.task_id)
+                if left > 0:
+                    out[r.device] = out.get(r.device, 0) + left
+        return out
 
     def _effective_limit(self, device):
         limit = self.limits.get(device, 0)
@@ -574,14 +651,17 @@ class Engine:
             self._emit_task(task_id)
             return
         self.store.set_attempt_process(attempt_id, handle.pid, handle.pid_start, handle.boot_id)
-        r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id,
-                                            item.pending.owner, device, slot, handle, config, now)
+        p = item.pending
+        r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id, p.owner, device,
+                                            slot, handle, config, now, memory=p.memory,
+                                            family=p.family)
         if idx is not None:
-            self._groups = {**self._groups, handle.pid: task_id}
-            if self.admission:
-                self.probation[device] = [task_id, time.monotonic(), None]
-            if self.monitor is not None:
-                self.monitor.poke()
+            started = time.monotonic()
+            self._groups = {**self._groups, handle.pid: Watched(task_id, device, started)}
+            if self.admission and self.stagger and need_of(p, self.learned) is None:
+                self.probation[device] = Settling(task_id, p.family, started)
+            if self.monitor is not None and len(self._groups) == 1:
+                self.monitor.poke()  # the first GPU task: start reading
         r.row = self._emit_task(task_id)
 
     def _config_as_submitted(self, task_id, config, run_dir):
@@ -609,10 +689,11 @@ class Engine:
         del self.running[handle.task_id]
         if handle.pid in self._groups:
             self._groups = {k: v for k, v in self._groups.items() if k != handle.pid}
+            self.ledger.ended(r.task_id, r.device, time.monotonic())  # its memory is free again
         peak = self.task_peak.pop(r.task_id, None)
         self.task_memory.pop(r.task_id, None)
         held = self.probation.get(r.device)
-        if held and held[0] == r.task_id:
+        if held and held.task_id == r.task_id:
             del self.probation[r.device]
         if r.stop_reason == "cancel":
             state, message = CANCELLED, "cancelled while running"
@@ -634,15 +715,24 @@ class Engine:
             earlier = any("out of memory" in (a.get("message") or "")
                           for a in self.store.attempts(r.task_id) if a["id"] != r.attempt_id)
             requeue_front = not earlier
+            # Learn the need from the whole family: the task that failed may have died before
+            # it held what it needed, its running siblings show more.
+            seen = max([peak or 0] + [self.task_peak.get(x.task_id, 0)
+                                      for x in self.running.values() if x.family == r.family])
+            if seen:  # nothing read (all too short): the need stays unknown, the cap holds
+                self.learned[r.family] = max(self.learned.get(r.family, 0), seen)
+            learned = self.learned.get(r.family)
             message = (f"CUDA out of memory on {r.device}; "
                        + ("requeued at the front" if requeue_front else "again: not requeued")
+                       + (f"; {r.family or 'its family'} now needs {format_size(learned)} as "
+                          "learned" if learned else "")
                        + f"; {r.device} limited to {self.oom_cap[r.device]} task(s) until a task "
                        "finishes there")
         elif state in (SUCCEEDED, FAILED):
             self.oom_cap.pop(r.device, None)
-        if peak:
-            fam = family_of(r.config)
-            self.learned[fam] = max(self.learned.get(fam, 0), peak)
+        if state == SUCCEEDED and peak is not None:
+            # Read at least once while it ran: its peak (0 included) is what its family needs.
+            self.learned[r.family] = max(self.learned.get(r.family, 0), peak)
         now = time.time()
         batch = self.batches.get(r.batch_id)
         retry = state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries
@@ -796,25 +886,46 @@ class Engine:
             self._publish_usage(force=True)
         return ids
 
-    def _on_memory(self, usage, free, when):
-        for t, nbytes in usage.items():
-            if t in self.running:
-                self.task_memory[t] = nbytes
-                if nbytes > self.task_peak.get(t, 0):
-                    self.task_peak[t] = nbytes
-                    fam = family_of(self.running[t].config)
-                    if nbytes > self.learned.get(fam, 0):
-                        self.learned[fam] = nbytes
-        for device, entry in list(self.probation.items()):
-            task, since, last = entry
-            now_bytes = usage.get(task, 0)
-            settled = last is not None and now_bytes > 0 and \
-                abs(now_bytes - last) <= max(16 * 1024**2, now_bytes // 50)
-            if task not in self.running or settled or when - since >= self.probation_cap:
+    def _observe(self, sample):
+        """Take a GPU reading: memory per task, free memory, faults, settling tasks."""
+        self.ledger.observe(sample)
+        self._note_faults(sample.errors)
+        for t, r in self.running.items():
+            if t not in sample.tasks:
+                continue  # started after the reading began
+            nbytes = sample.usage.get(t, 0)
+            self.task_memory[t] = nbytes
+            if nbytes >= self.task_peak.get(t, 0):
+                self.task_peak[t] = nbytes
+            known = self.learned.get(r.family)
+            if known is not None and nbytes > known:
+                self.learned[r.family] = nbytes  # more evidence: the family needs more
+        for device, st in list(self.probation.items()):
+            nbytes = sample.usage.get(st.task_id, 0)
+            age = sample.when - st.since
+            if st.task_id not in self.running:
                 del self.probation[device]
-            else:
-                entry[2] = now_bytes
-        self._publish_usage()
+            elif nbytes > 0 and st.last is not None and \
+                    abs(nbytes - st.last) <= max(16 * 1024**2, nbytes // 50):
+                del self.probation[device]  # levelled off: its family needs that much
+                self.learned[st.family] = max(self.learned.get(st.family, 0), nbytes)
+            elif (nbytes == 0 and age >= self.probation_quiet) or \
+                    age >= 10 * self.probation_quiet:
+                del self.probation[device]  # no GPU memory for a while (or too long): settled
+                self.learned[st.family] = max(self.learned.get(st.family, 0),
+                                              self.task_peak.get(st.task_id, 0))
+            elif st.task_id in sample.tasks:
+                st.last = nbytes
+
+    def _note_faults(self, errors):
+        for d in [d for d in self.faults if d not in errors]:
+            log.info("%s answers again: tasks start there again", d)
+            del self.faults[d]
+        for d, why in errors.items():
+            if self.faults.get(d) != why:
+                log.warning("%s cannot be read (%s): no new task starts there until it answers; "
+                            "its running tasks go on", d, why)
+                self.faults[d] = why
 
     def _load_learned(self):
         learned = {}
@@ -879,15 +990,72 @@ class Engine:
             u = {"slots": self.limits.get(d, 0), "running": counts.get(d, 0)}
             if d in self.oom_cap:
                 u["effective"] = self._effective_limit(d)
-                u["note"] = (f"out of memory: limited to {u['effective']} until a task finishes "
-                             "here")
-            if d in self.probation:
-                u["probation"] = self.probation[d][0]
+            hold, note = self._device_note(d, u)
+            if hold:
+                u["hold"], u["note"] = hold, note
+                h = self.holds.get(d)
+                if h is not None:
+                    u["held"] = max(0, u.get("effective", u["slots"]) - u["running"])
+                    u["waiting_task"] = h.task_id
             usage[d] = u
         if force or usage != self._usage:
             self._usage = usage
             self.publish("slots", usage)
 
+    def _device_note(self, d, u):
+        """Return (kind, sentence) saying what holds back starts on a device, or ("", "")."""
+        if d in self.faults:
+            return "fault", (f"{d} cannot be read ({self.faults[d]}): no new task starts here "
+                             "until it answers; its running tasks go on")
+        if d in self.oom_cap:
+            return "oom", (f"out of memory: limited to {u['effective']} until a task finishes "
+                           "here")
+        if d in self.probation:
+            st = self.probation[d]
+            return "probation", (f"settling: task {st.task_id} is the first of "
+                                 f"{st.family or 'its family'} (need unknown); the next start "
+                                 f"here waits until its memory levels off (or it shows none "
+                                 f"for {self.probation_quiet:g} s)")
+        h = self.holds.get(d)
+        if h is None or h.available is None:
+            return "", ""
+        item = self.queued.get(h.task_id)
+        p = item.pending if item is not None else None
+        free = f"{format_size(max(0, h.available))} free on {d}"
+        mem = self.device_memory.get(d)
+        if mem and mem["reserved"]:
+            free += (f" ({format_size(mem['free'])} free, {format_size(mem['reserved'])} "
+                     "reserved by running tasks still growing to their need)")
+        if h.need is None or not h.need:
+            return "memory", (f"task {h.task_id} waits: {free}, under the "
+                              f"{format_size(self.margin)} margin")
+        source = "declared" if p is not None and p.memory else \
+            f"learned for {p.family}" if p is not None else "expected"
+        return "memory", (f"task {h.task_id} needs {format_size(h.need)} ({source}) + "
+                          f"{format_size(self.margin)} margin; {free}")
+
+    def admission_view(self):
+        """Return what a new GPU task would meet now, per GPU: {"free_slots", "free",
+        "reserved", "available" (bytes, None when not checked), "blocked" (a reason or "")}."""
+        return self.call(self._admission_view)
+
+    def _admission_view(self):
+        if self.monitor is not None and self.ledger.age(time.monotonic()) > self.reading_max_age:
+            self._observe(self.monitor.sample())
+        reserved = self._reservations()
+        running = {}
+        for r in self.running.values():
+            running[r.device] = running.get(r.device, 0) + 1
+        out = {}
+        for d in self.gpu_devices:
+            free = self.ledger.free_now(d) if self.admission else None
+            res = reserved.get(d, 0) if free is not None else 0
+            blocked = f"{d} cannot be read: {self.faults[d]}" if d in self.faults else \
+                "settling" if d in self.probation else ""
+            out[d] = {"free_slots": max(0, self._effective_limit(d) - running.get(d, 0)),
+                      "free": free, "reserved": res,
+                      "available": None if free is None else free - res, "blocked": blocked}
+        return out
 
 def _mtime(path):
     try:

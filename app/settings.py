@@ -19,6 +19,7 @@ class Setting:
     default: object
     help: str
     type: type = str
+    choices: tuple = ()  # the valid values, when only a few are
 
 
 SETTINGS = (
@@ -72,12 +73,18 @@ SETTINGS = (
     Setting("max_batch_tasks", 100000, "Most tasks one batch may hold.", int),
     Setting("memory_margin", "512MiB", "Free GPU memory kept in reserve above a task's expected need."),
     Setting("admission", True, "Start a GPU task only when its expected memory (declared "
-            "gpu_memory, or learned from its config folder) plus the margin fits in the GPU's free "
-            "memory, and one start at a time per GPU until the new task's memory settles.", bool),
-    Setting("probation_max", 20.0, "Most seconds a GPU waits for a new task's memory to settle "
-            "before the next start there.", float),
-    Setting("memory_sample_interval", 0.5, "Seconds between GPU memory samples while GPU tasks "
-            "run.", float),
+            "gpu_memory or batch memory, or learned from its config folder) plus the margin fits "
+            "in the GPU's free memory minus what its running tasks reserved; a task whose need "
+            "is unknown starts up to the slot limit.", bool),
+    Setting("probation", "off", "off: tasks of unknown memory need start up to the slot limit. "
+            "unknown: a GPU that starts a task of unknown need starts nothing else until that "
+            "task's memory levels off (two readings within 2%), it shows no GPU memory for "
+            "probation_quiet seconds, or 10 times that passed; what it settled at becomes its "
+            "family's learned need.", str, ("off", "unknown")),
+    Setting("probation_quiet", 2.0, "With probation: unknown, seconds a new task may show no GPU "
+            "memory before it counts as settled.", float),
+    Setting("memory_sample_interval", 0.5, "Seconds between GPU readings (free memory, memory "
+            "per task, faults) while GPU tasks run or wait.", float),
     Setting("progress_pattern", r"step (\d+)/(\d+)",
             "Regex whose two groups (done, total) give a task's progress from its log."),
     Setting("max_sweep_configs", 1000, "Most configs one sweep may create (grid: the product of "
@@ -134,11 +141,17 @@ def coerce(setting, value):
         return parse_bool(value, setting.name)
     if setting.type is tuple:
         return parse_names(value, setting.name)
+    if isinstance(value, bool) and setting.choices:
+        value = "on" if value else "off"  # YAML reads a bare off / on as a boolean
     try:
-        return setting.type(value)
+        value = setting.type(value)
     except (TypeError, ValueError):
         raise SlotrunError(
             f"setting {setting.name} must be {setting.type.__name__}, not {value!r}") from None
+    if setting.choices and value not in setting.choices:
+        raise SlotrunError(f"setting {setting.name} must be one of {', '.join(setting.choices)}, "
+                           f"not {value!r}")
+    return value
 
 
 def load(overrides=None, environ=None, settings_file=None):
@@ -196,6 +209,16 @@ def parse_size(text):
         raise SlotrunError(
             f"not a memory size: {text!r}; write e.g. 6GiB, 512MiB, 1.5GB or a byte count")
     return int(value * units[unit])
+
+
+def format_size(nbytes):
+    """Return a byte count as people read it: 10 GiB, 6.2 GiB, 512 MiB."""
+    n = float(nbytes)
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if abs(v - round(v)) < 0.05 else f"{v:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def markdown_table():

@@ -312,7 +312,7 @@ class Store:
     def running_attempts(self):
         """Return the attempts recorded as running, with their task's batch (for re-adoption)."""
         return [dict(r) for r in self._conn().execute(
-            "SELECT a.*, t.batch_id, t.owner, t.config FROM attempts a JOIN tasks t "
+            "SELECT a.*, t.batch_id, t.owner, t.config, t.memory FROM attempts a JOIN tasks t "
             "ON t.id=a.task_id WHERE a.state=? ORDER BY a.id", (RUNNING,))]
 
     def attempts(self, task_id):

@@ -49,13 +49,30 @@ class DeviceState:
     id: int | str
     limit: int
     running: int = 0
-    free_memory: int | None = None  # None: do not check memory on this device
-    held: bool = False  # True while a just-started task is on probation here
+    free_memory: int | None = None  # bytes free now, foreign use counted; None: no memory check
+    reserved: int = 0  # bytes the running tasks here will still take (need - current use)
+    blocked: str = ""  # why this device takes no task now ("": it may take tasks)
 
     @property
     def free_slots(self):
         """Return how many more tasks may start here now."""
         return max(0, self.limit - self.running)
+
+    @property
+    def available(self):
+        """Return the memory a new task may take here now (None: memory is not checked)."""
+        return None if self.free_memory is None else self.free_memory - self.reserved
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a device with a free slot started none of the queued tasks allowed there."""
+
+    device: str
+    task_id: int  # the first task (in queue order) that could not start there
+    need: int | None  # its expected memory need in bytes; None: unknown
+    available: int | None  # memory a new task could take there (free - reserved)
+    blocked: str = ""  # the device's own reason, when it takes no task at all
 
 
 @dataclass
@@ -73,7 +90,15 @@ def order_key(p):
     return (-p.priority, p.seq, p.id)
 
 
-def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
+def need_of(p, learned):
+    """Return a task's expected memory need: declared, else learned for its family (a learned
+    0 is known), else None (unknown)."""
+    if p.memory:
+        return p.memory
+    return learned.get(p.family) if learned else None
+
+
+def pick_next(pending, devices, running_by_owner=None, memory_margin=0, **options):
     """Choose which queued tasks start now, and where (see ``pick_from_queues``).
 
     "gpu*" in a task's device list stands for every GPU among ``devices``.
@@ -83,11 +108,12 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0):
         queues.setdefault(p.owner, []).append(p)
     for q in queues.values():
         q.sort(key=order_key)
-    return pick_from_queues(queues, devices, running_by_owner, memory_margin)
+    return pick_from_queues(queues, devices, running_by_owner, memory_margin, **options)
 
 
 def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
-                     learned=None, any_cpu=None, last_start=None):
+                     learned=None, any_cpu=None, last_start=None, stagger_unknown=False,
+                     holds=None):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -95,16 +121,19 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     Free slots go to owners round-robin, fewest running first (ties: the owner whose next
     task is highest priority, then oldest), and inside one owner by priority, then
     submission order. A task goes to the allowed device with the most free slots (ties: its
-    own preference order). A device with a memory figure takes a task only if its need plus
-    the margin fits, and at most one new task per call (probation: the next start there
-    waits until the new task's memory has settled); a held device takes nothing.
-    Tasks that fit nowhere keep their place. Returns Placements; no limit is ever exceeded.
+    own preference order). A blocked device takes nothing. A device with a memory figure
+    takes a task only if the task's need (``need_of``; 0 when unknown) plus the margin fits
+    in its available memory (free minus what running tasks reserved); each start there
+    reserves its need, so several tasks may start on one device in one call while they fit.
+    ``stagger_unknown``: a device that takes a task of unknown need takes nothing more in
+    this call. Tasks that fit nowhere keep their place. Returns Placements; no limit is ever
+    exceeded. ``holds``: a dict, filled with {device: Hold} for each device left with a free
+    slot while a task allowed there waits.
     A task whose devices are ("gpu*",) may use every GPU (``any_gpu``, default: every device
     of ``devices`` but the CPU), one whose devices are ("cpu*",) every CPU device ("NODE/cpu"
-    of a cluster; ``any_cpu``). A task that declares no memory need is taken to need what
-    ``learned`` ({family: bytes}) predicts for its family. ``last_start`` ({owner: n}, larger
-    is more recent) breaks ties between owners with as many running: the owner served least
-    recently goes first, so that even a single slot alternates between owners.
+    of a cluster; ``any_cpu``). ``last_start`` ({owner: n}, larger is more recent) breaks
+    ties between owners with as many running: the owner served least recently goes first,
+    so that even a single slot alternates between owners.
     """
     learned = learned or {}
     if any_gpu is None:
@@ -115,26 +144,24 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     total_free = sum(free.values())
     if not total_free or not queues:
         return []
-    mem = {d.id: d.free_memory for d in devices.values()}
-    held = {d.id for d in devices.values() if d.held}
+    avail = {d.id: d.available for d in devices.values()}
+    blocked = {d.id: d.blocked for d in devices.values() if d.blocked}
     load = dict(running_by_owner or {})
     recent = dict(last_start or {})
     stamp = max(recent.values(), default=0)
     cursor = {o: 0 for o, q in queues.items() if q}
     taken = set()
-    started_on = set()
+    # Free slots and memory only shrink during one call: a (devices, need) that fit nowhere
+    # once fits nowhere for the rest of it, so a long queue of like tasks is scanned cheaply.
+    unfit = set()
+    seen = {} if holds is not None else None
     placements = []
 
-    def fits(p, dev):
-        if free.get(dev, 0) <= 0 or dev in held:
+    def fits(dev, need):
+        if free.get(dev, 0) <= 0 or dev in blocked:
             return False
-        m = mem.get(dev)
-        if m is None:
-            return True
-        return dev not in started_on and need(p) + memory_margin <= m
-
-    def need(p):
-        return p.memory or learned.get(p.family, 0)
+        a = avail.get(dev)
+        return a is None or (need or 0) + memory_margin <= a
 
     while total_free and cursor:
         owner = min(cursor, key=lambda o: (load.get(o, 0), recent.get(o, float("-inf")),
@@ -145,16 +172,25 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
             p = q[idx]
             if p.id in taken:
                 continue
+            need = need_of(p, learned)
+            sig = (p.devices, need)
+            if sig in unfit:
+                continue
             allowed = any_gpu if p.devices == (ANY_GPU,) else \
                 any_cpu if p.devices == (ANY_CPU,) else p.devices
-            options = [d for d in allowed if fits(p, d)]
+            options = [d for d in allowed if fits(d, need)]
             if options:
-                chosen = (p, max(options, key=lambda d: (free[d], -allowed.index(d))))
+                chosen = (p, need, max(options, key=lambda d: (free[d], -allowed.index(d))))
                 break
+            unfit.add(sig)
+            if seen is not None:
+                for d in allowed:
+                    if free.get(d, 0) > 0 and d not in seen:
+                        seen[d] = Hold(d, p.id, need, avail.get(d), blocked.get(d, ""))
         if chosen is None:
             del cursor[owner]  # nothing of this owner's fits anywhere now
             continue
-        p, dev = chosen
+        p, need, dev = chosen
         taken.add(p.id)
         while cursor[owner] < len(q) and q[cursor[owner]].id in taken:
             cursor[owner] += 1
@@ -162,11 +198,14 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
             del cursor[owner]
         free[dev] -= 1
         total_free -= 1
-        if mem.get(dev) is not None:
-            mem[dev] -= need(p)
-            started_on.add(dev)
+        if avail.get(dev) is not None:
+            avail[dev] -= need or 0
+            if stagger_unknown and need is None:
+                blocked[dev] = f"settling: task {p.id}'s memory need is unknown"
         load[owner] = load.get(owner, 0) + 1
         stamp += 1
         recent[owner] = stamp
         placements.append(Placement(p.id, dev, owner))
+    if seen is not None:
+        holds.update({d: h for d, h in seen.items() if free[d] > 0})
     return placements

@@ -7,6 +7,7 @@ much GPU memory: real memory through PyTorch when CUDA is
 available, otherwise simulated memory on the GPUs that SLOTRUN_FAKE_GPUS simulates.
 """
 
+import fcntl
 import os
 import sys
 import time
@@ -79,22 +80,38 @@ class Memory:
             return
         if getattr(self, "path", None) is None:
             return
-        with open(self.path, "w", encoding="ascii") as f:
-            f.write(str(nbytes))
         total = int(os.environ.get("SLOTRUN_FAKE_GPU_MEMORY", 24 * 1024**3))
-        used = int(os.environ.get("SLOTRUN_FAKE_GPU_BASE_USED", 300 * 1024**2))
-        for name in os.listdir(self.folder):
-            if name.isdigit():
-                try:
-                    os.kill(int(name), 0)
-                    with open(os.path.join(self.folder, name), encoding="ascii") as f:
-                        used += int(f.read().strip() or 0)
-                except (OSError, ValueError):
-                    continue
-        if used > total:
-            os.unlink(self.path)
+        # Check and write under the GPU folder's lock, as a device allocates atomically: when
+        # several tasks allocate at once, the ones that fit succeed and only the rest fail.
+        fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            used = int(os.environ.get("SLOTRUN_FAKE_GPU_BASE_USED", 300 * 1024**2))
+            mine = os.path.basename(self.path)
+            for name in os.listdir(self.folder):
+                if name.isdigit() and name != mine:
+                    try:
+                        os.kill(int(name), 0)
+                        with open(os.path.join(self.folder, name), encoding="ascii") as f:
+                            used += int(f.read().strip() or 0)
+                    except (OSError, ValueError):
+                        continue
+            if used + nbytes > total:
+                self.release()
+                fits = False
+            else:
+                # Written whole, then renamed: a reader never sees half a number.
+                tmp = f"{self.path}.tmp"
+                with open(tmp, "w", encoding="ascii") as f:
+                    f.write(str(nbytes))
+                os.replace(tmp, self.path)
+                fits = True
+        finally:
+            os.close(fd)  # closing releases the lock
+        if not fits:
             print(f"RuntimeError: CUDA out of memory. Tried to allocate {nbytes / 1024**3:.2f} GiB "
-                  f"(GPU {self.visible}; {total / 1024**3:.2f} GiB total capacity)", flush=True)
+                  f"(GPU {self.visible}; {total / 1024**3:.2f} GiB total capacity; "
+                  f"{(total - used) / 1024**3:.2f} GiB free)", flush=True)
             sys.exit(1)
 
     def release(self):

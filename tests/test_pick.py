@@ -5,7 +5,7 @@ import heapq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.task import DeviceState, Pending, pick_next
+from app.task import DeviceState, Hold, Pending, need_of, pick_next
 
 
 def devs(limits, running=None):
@@ -57,16 +57,56 @@ def test_owner_with_fewer_running_goes_first():
     assert [p.owner for p in out] == ["ann"]
 
 
-def test_memory_guard_and_probation():
-    gib = 1024**3
-    pending = [Pending(i, "ann", ("gpu0", "gpu1"), seq=i, memory=6 * gib) for i in range(4)]
-    d = {"gpu0": DeviceState("gpu0", 4, 0, free_memory=20 * gib),
-         "gpu1": DeviceState("gpu1", 4, 0, free_memory=5 * gib)}
-    out = pick_next(pending, d, memory_margin=gib)
-    # gpu1 cannot hold 6 GiB + margin; gpu0 takes one task, then waits (probation).
-    assert [(p.task_id, p.device) for p in out] == [(0, "gpu0")]
-    d["gpu0"].held = True
-    assert pick_next(pending, d, memory_margin=gib) == []
+GIB = 1024**3
+
+
+def test_memory_guard_starts_every_task_that_fits_at_once():
+    pending = [Pending(i, "ann", ("gpu0", "gpu1"), seq=i, memory=6 * GIB) for i in range(5)]
+    d = {"gpu0": DeviceState("gpu0", 4, 0, free_memory=20 * GIB),
+         "gpu1": DeviceState("gpu1", 4, 0, free_memory=5 * GIB)}
+    holds = {}
+    out = pick_next(pending, d, memory_margin=GIB, holds=holds)
+    # gpu1 cannot hold 6 GiB + margin; gpu0 takes three at once (3 x 6 + 1 <= 20), not four.
+    assert [(p.task_id, p.device) for p in out] == [(0, "gpu0"), (1, "gpu0"), (2, "gpu0")]
+    assert holds["gpu0"] == Hold("gpu0", 3, 6 * GIB, 2 * GIB)
+    assert holds["gpu1"] == Hold("gpu1", 3, 6 * GIB, 5 * GIB)
+
+
+def test_reservations_of_running_tasks_count():
+    pending = [Pending(i, "ann", ("gpu0",), seq=i, memory=6 * GIB) for i in range(3)]
+    d = {"gpu0": DeviceState("gpu0", 4, 2, free_memory=20 * GIB, reserved=9 * GIB)}
+    out = pick_next(pending, d, memory_margin=GIB)
+    assert [p.task_id for p in out] == [0]  # 20 - 9 = 11 GiB: one 6 GiB task (+1), not two
+
+
+def test_unknown_need_trusts_the_slot_limit_and_learned_zero_is_known():
+    pending = [Pending(i, "ann", ("gpu0",), seq=i, family="configs/x") for i in range(5)]
+    d = {"gpu0": DeviceState("gpu0", 4, 0, free_memory=2 * GIB)}
+    assert len(pick_next(pending, d, memory_margin=GIB)) == 4
+    assert len(pick_next(pending, d, memory_margin=GIB, learned={"configs/x": 0})) == 4
+    # Learned: 1.5 GiB each, one fits; a full GPU takes none even of an unknown need.
+    assert len(pick_next(pending, d, memory_margin=GIB // 2,
+                         learned={"configs/x": 3 * GIB // 2})) == 1
+    d["gpu0"].free_memory = GIB // 4
+    assert pick_next(pending, d, memory_margin=GIB // 2) == []
+
+
+def test_blocked_device_and_staggered_unknown_needs():
+    pending = [Pending(i, "ann", ("gpu0", "gpu1"), seq=i) for i in range(4)]
+    d = {"gpu0": DeviceState("gpu0", 4, 0, free_memory=20 * GIB, blocked="gpu0 cannot be read"),
+         "gpu1": DeviceState("gpu1", 4, 0, free_memory=20 * GIB)}
+    holds = {}
+    out = pick_next(pending, d, holds=holds)
+    assert [p.device for p in out] == ["gpu1"] * 4
+    assert holds == {}  # gpu0 has free slots but nothing waits any more
+    holds = {}
+    out = pick_next(pending, d, stagger_unknown=True, holds=holds)
+    assert [(p.task_id, p.device) for p in out] == [(0, "gpu1")]
+    assert holds["gpu0"].blocked == "gpu0 cannot be read"
+    assert holds["gpu1"].blocked.startswith("settling")
+    # A known need is not staggered.
+    out = pick_next(pending, d, stagger_unknown=True, learned={"": GIB})
+    assert len(out) == 4
 
 
 # -- properties ---------------------------------------------------------------------------
@@ -183,3 +223,108 @@ def test_one_slot_alternates_between_owners(n_a, n_b):
         queues[pl.owner] = [p for p in queues[pl.owner] if p.id != pl.task_id]
     both = 2 * min(n_a, n_b)
     assert all(order[i] != order[i + 1] for i in range(both - 1))
+
+
+# -- properties of the memory rule ------------------------------------------------------------
+
+MEM_DEVICES = ["gpu0", "gpu1", "gpu2"]
+FAMILIES = ["configs/a", "configs/b", "configs/c"]
+sizes = st.integers(0, 12).map(lambda n: n * GIB // 2)
+
+gpu_st = st.fixed_dictionaries({
+    "limit": st.integers(0, 4), "running": st.integers(0, 4),
+    "free": st.one_of(st.none(), st.integers(0, 24).map(lambda n: n * GIB)),
+    "reserved": st.integers(0, 16).map(lambda n: n * GIB // 2),
+    "blocked": st.sampled_from(["", "", "", "down"])})
+mem_task_st = st.tuples(st.sampled_from(["ann", "bob"]),
+                        st.lists(st.sampled_from(MEM_DEVICES), min_size=1, max_size=3, unique=True),
+                        st.one_of(st.just(0), sizes),  # declared (0: not declared)
+                        st.sampled_from(FAMILIES))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({d: gpu_st for d in MEM_DEVICES}),
+       st.lists(mem_task_st, max_size=25),
+       st.dictionaries(st.sampled_from(FAMILIES), sizes),  # learned needs (0 included)
+       st.sampled_from([0, GIB // 2, GIB]), st.booleans())
+def test_no_start_exceeds_free_minus_reserved_and_no_task_waits_while_one_fits(
+        gpus, tasks, learned, margin, stagger):
+    devices = {d: DeviceState(d, g["limit"], min(g["running"], g["limit"]), g["free"],
+                              g["reserved"], g["blocked"]) for d, g in gpus.items()}
+    pending = [Pending(i, o, tuple(ds), 0, i, mem, fam) for i, (o, ds, mem, fam) in enumerate(tasks)]
+    holds = {}
+    out = pick_next(pending, devices, memory_margin=margin, learned=learned,
+                    stagger_unknown=stagger, holds=holds)
+    by_id = {p.id: p for p in pending}
+    placed = {pl.task_id for pl in out}
+    assert len(placed) == len(out)
+    slots = {d: s.free_slots for d, s in devices.items()}
+    left = {d: s.available for d, s in devices.items()}
+    blocked = {d for d, s in devices.items() if s.blocked}
+    for pl in out:
+        p, dev = by_id[pl.task_id], pl.device
+        need = need_of(p, learned)
+        assert dev in p.devices and dev not in blocked
+        assert slots[dev] > 0
+        slots[dev] -= 1
+        if left[dev] is not None:
+            # Each start fits in what is free minus what running and earlier starts reserved.
+            assert (need or 0) + margin <= left[dev]
+            left[dev] -= need or 0
+            if stagger and need is None:
+                blocked.add(dev)
+    for p in pending:
+        if p.id in placed:
+            continue
+        need = need_of(p, learned)
+        for dev in p.devices:
+            fits = slots[dev] > 0 and dev not in blocked and \
+                (left[dev] is None or (need or 0) + margin <= left[dev])
+            assert not fits, f"task {p.id} waits while it fits on {dev}"
+            if slots[dev] > 0:
+                assert dev in holds, f"{dev} has a free slot, task {p.id} waits, no reason given"
+    assert all(slots[d] > 0 for d in holds)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=3).filter(any),
+       st.lists(st.tuples(st.floats(0.05, 3.0), sizes, st.floats(0.0, 1.0)), min_size=1,
+                max_size=30))
+def test_whole_run_with_memory_never_overcommits_and_refills_at_once(limits_list, tasks):
+    """Event-driven run on 24 GiB GPUs: a task takes its declared need some time after it
+    starts. The engine's view is free memory minus reservations; at no instant do the running
+    tasks' needs overflow a GPU, and no slot stays idle while a waiting task fits."""
+    total, margin = 24 * GIB, GIB // 2
+    limits = {f"gpu{i}": n for i, n in enumerate(limits_list)}
+    runnable = {i for i, (_, need, _) in enumerate(tasks) if need + margin <= total}
+    pending = {i: Pending(i, "ann", ("gpu*",), 0, i, tasks[i][1] or 1) for i in runnable}
+    running = {}  # task -> (device, allocates_at)
+    events = []
+    now = 0.0
+    while pending or running:
+        def state(d):
+            on = [t for t, (dev, _) in running.items() if dev == d]
+            used = sum(tasks[t][1] for t in on if running[t][1] <= now)
+            reserved = sum(tasks[t][1] for t in on if running[t][1] > now)
+            return DeviceState(d, limits[d], len(on), total - used, reserved)
+        devices = {d: state(d) for d in limits}
+        out = pick_next(list(pending.values()), devices, memory_margin=margin)
+        for pl in out:
+            t = pl.task_id
+            dur, need, alloc = tasks[t]
+            del pending[t]
+            running[t] = (pl.device, now + alloc * dur)
+            heapq.heappush(events, (now + dur, t))
+        for d in limits:
+            needs = [tasks[t][1] for t, (dev, _) in running.items() if dev == d]
+            assert len(needs) <= limits[d]
+            assert sum(needs) + (margin if needs else 0) <= total, "overcommitted"
+        for p in pending.values():
+            for d in limits:
+                s = state(d)
+                assert not (s.free_slots and p.memory + margin <= s.available), \
+                    "a slot stays idle while a waiting task fits"
+        assert events, "tasks wait but nothing runs"
+        now, t = heapq.heappop(events)
+        del running[t]
+    assert not running
