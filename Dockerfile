@@ -1,10 +1,13 @@
 # slotrun: the dashboard and its scheduler in one container.
 #
 #   docker build -t slotrun .
-#   docker run --gpus all -p 5000:5000 -v "$PWD":/workspace slotrun
+#   docker run --gpus all --pid=host -p 5000:5000 -v "$PWD":/workspace slotrun
 #
 # The mounted folder is the workspace (configs/, models/, run.py; results/ and .slotrun/ are
 # written there). Without a mount, the image's sample workspace is used.
+# --pid=host: NVML reports host process ids; sharing the host's PID namespace lets slotrun
+# match each GPU process to its task exactly (without it, it matches by appearance and logs
+# a warning at start).
 
 # -- browser libraries, from the npm registry with the committed lockfile ---------------------
 FROM node:20-bookworm-slim AS assets

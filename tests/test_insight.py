@@ -314,9 +314,20 @@ def test_predict_per_family_for_a_pattern(client, ws):
     p = client.get("/api/v1/memory/predict?pattern=decl|learn|exp-1").json
     fams = {f["family"]: f for f in p["families"]}
     assert set(fams) == {"configs/decl", "configs/learn", "configs/exp-1"}
-    assert fams["configs/decl"] == {"family": "configs/decl", "configs": 2, "declared": 12 * GIB,
-                                    "learned": None, "need": 12 * GIB, "source": "declared"}
-    assert fams["configs/learn"]["need"] is None and fams["configs/learn"]["source"] is None
+    decl = fams["configs/decl"]
+    fit, note = decl.pop("fit"), decl.pop("note")
+    assert decl == {"family": "configs/decl", "configs": 2, "declared": 12 * GIB,
+                    "learned": None, "need": 12 * GIB, "source": "declared"}
+    # What admission would do now, in words tied to the figures: one 12 GiB task per GPU.
+    assert fit == {"gpu0": 1, "gpu1": 1}
+    assert note.startswith("needs 12 GiB per task (declared) + 512 MiB margin: 1 on gpu0, "
+                           "1 on gpu1 could start now"), note
+    assert "23.7 GiB free on gpu0" in note
+    learn = fams["configs/learn"]
+    assert learn["need"] is None and learn["source"] is None
+    assert learn["fit"] == {"gpu0": 2, "gpu1": 2}  # unknown: the slot limits are trusted
+    assert learn["note"].startswith("need unknown: tasks start up to each GPU's slot limit")
+    assert "declare gpu_memory" in learn["note"]
     assert fams["configs/exp-1"]["configs"] == 3
     wait_batch(client, submit(client, "learn-1")["id"])
     p = client.get("/api/v1/memory/predict?pattern=learn").json

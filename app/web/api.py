@@ -268,7 +268,8 @@ def status():
             "node": engine.node, "workspace": os.path.basename(s.settings["workspace"]),
             "devices": list(engine.usage()), "gpus": len(engine.gpu_devices),
             "simulated": bool(getattr(inv, "simulated", False)),
-            "inventory": getattr(inv, "source", "none"), "version": VERSION,
+            "inventory": getattr(inv, "source", "none"),
+            "inventory_error": getattr(inv, "error", "") or None, "version": VERSION,
         })
 
 

@@ -28,7 +28,7 @@ from .. import configs as configs_mod
 from ..admission import declared_memory, family_of
 from ..errors import NotFound, SlotrunError
 from ..logs import LOG_NAME
-from ..settings import parse_size
+from ..settings import format_size, parse_size
 from ..task import CPU
 from . import authorize, get_slotrun
 from .api import _match, batch_json
@@ -451,6 +451,10 @@ def running_progress():
 
 # -- routes: memory ----------------------------------------------------------------------------------
 
+_NO_MEMORY = ("the tasks of {} were seen to use no GPU memory: memory sets no limit on their "
+              "slots, so none is suggested")
+
+
 @bp.get("/memory/suggest")
 def memory_suggest():
     """Propose slot limits per GPU from a memory need (given, declared or learned)."""
@@ -468,6 +472,8 @@ def memory_suggest():
         family = family_of(config)
         if not need:
             need, source = engine.predicted_need(config), "learned"
+        if not need and family in _families_known(engine):
+            raise SlotrunError(_NO_MEMORY.format(family))
         if not need:
             raise SlotrunError(f"no GPU memory need is known for {config}: declare gpu_memory in "
                                f"it, or let a task of its family ({family}) finish first")
@@ -475,6 +481,8 @@ def memory_suggest():
         family = value.rstrip("/")
         learned = _families_known(engine)
         need, source = learned.get(family, 0), "learned"
+        if family in learned and not need:
+            raise SlotrunError(_NO_MEMORY.format(family))
         if not need:
             known = sorted(learned)
             exists = os.path.isdir(os.path.join(s.settings["workspace"], family)) and \
@@ -528,9 +536,45 @@ def memory_predict():
                 continue  # an invalid gpu_memory is reported when the batch is submitted
         if len(configs) > PREDICT_READ_PER_FAMILY:
             sampled = True
-        got = learned.get(fam) or None
+        got = learned.get(fam)
         need = declared or got
+        source = "declared" if declared else "learned" if got is not None else None
         fams.append({"family": fam, "configs": len(configs), "declared": declared or None,
-                     "learned": got, "need": need,
-                     "source": "declared" if declared else "learned" if got else None})
+                     "learned": got, "need": need, "source": source})
+    view = engine.admission_view() if fams and engine.gpu_devices else {}
+    for f in fams:
+        f["fit"], f["note"] = _admission_note(engine, view, f)
     return jsonify(pattern=pattern, families=fams, sampled=sampled)
+
+
+def _fit(view, need, margin):
+    """Return {gpu: how many tasks needing ``need`` bytes could start there now}."""
+    out = {}
+    for d, v in view.items():
+        n = 0 if v["blocked"] else v["free_slots"]
+        if n and v["available"] is not None:
+            room = v["available"] - margin
+            n = 0 if room < need else n if not need else min(n, int(room // need))
+        out[d] = n
+    return out
+
+
+def _admission_note(engine, view, fam):
+    """Return ({gpu: tasks that could start now}, a sentence on what admission will do)."""
+    if not view:
+        return None, None
+    need = fam["need"]
+    fit = _fit(view, need or 0, engine.margin)
+    if not engine.admission:
+        return fit, "admission is off: tasks start up to each GPU's slot limit"
+    now = ", ".join(f"{fit[d]} on {d}" for d in view)
+    if need is None:
+        return fit, (f"need unknown: tasks start up to each GPU's slot limit ({now} now); "
+                     "declare gpu_memory (e.g. gpu_memory: 6GiB) in these configs or give the "
+                     "batch a memory to start only what fits; slotrun learns it once a task of "
+                     f"{fam['family']} has finished on a GPU")
+    room = ", ".join(f"{format_size(max(0, v['available']))} free on {d}"
+                     for d, v in view.items() if v["available"] is not None)
+    return fit, (f"needs {format_size(need)} per task ({fam['source']}) + "
+                 f"{format_size(engine.margin)} margin: {now} could start now"
+                 + (f" ({room} after reservations)" if room else ""))

@@ -124,19 +124,19 @@ export class BatchForm {
     const box = this.memoryBox;
     if (!box) return;
     const known = (families || []).filter((f) => f.need);
-    if (!known.length || this.target() !== "gpu") {
+    if (!(families || []).length || this.target() !== "gpu") {
       box.hidden = true;
       box.replaceChildren();
       return;
     }
     const items = families.slice(0, FAMILIES_SHOWN).map((f) => h("span.mem-family", {
       dataset: { source: f.source || "unknown", family: f.family },
-      title: f.need ? `${f.family}: ${formatBytes(f.need)} per task, ${f.source === "learned"
+      title: f.note ? `${f.family}: ${f.note}` : f.need ? `${f.family}: ${formatBytes(f.need)} per task, ${f.source === "learned"
         ? "the largest peak seen in its finished tasks" : "declared as gpu_memory in its configs"}`
         : `${f.family}: no need known (declare gpu_memory, or let one task finish to learn it)`,
     }, h("span.mem-name", null, f.family.replace(/^configs\//, "")),
-    h("span.mem-need", null, f.need ? formatBytes(f.need) : "unknown"),
-    f.need ? h("span.mem-source", null, f.source) : null));
+    h("span.mem-need", null, f.source ? formatBytes(f.need || 0) : "unknown"),
+    f.source ? h("span.mem-source", null, f.source) : null));
     if (families.length > FAMILIES_SHOWN) items.push(h("span.muted", null, `+${families.length - FAMILIES_SHOWN} more`));
     const suggest = known.length && this.onSuggest
       ? h("button.link-button.act", {

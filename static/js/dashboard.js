@@ -37,7 +37,8 @@ class Summary {
   setDevices(devices) {
     this.slots = devices.reduce((acc, d) => ({
       used: acc.used + Number(d.running || 0), total: acc.total + Number(d.slots || 0),
-    }), { used: 0, total: 0 });
+      held: acc.held + Number(d.held || 0),
+    }), { used: 0, total: 0, held: 0 });
     this.paint();
   }
 
@@ -68,9 +69,11 @@ class Summary {
     setText(document.querySelector('[data-count="other-detail"]'),
       OTHER.map((s, i) => `${other[i].toLocaleString()} ${s}`).join(" · "));
     setText(document.querySelector('[data-count="slots"]'), `${this.slots.used} / ${this.slots.total}`);
-    const free = Math.max(0, this.slots.total - this.slots.used);
+    // Slots held back by evidence (memory, a fault) are not free for the waiting tasks.
+    const held = this.slots.held || 0;
+    const free = Math.max(0, this.slots.total - this.slots.used - held);
     setText(document.querySelector('[data-count="slots-detail"]'),
-      this.slots.total ? `${free} free${this.paused ? " · queue paused" : ""}` : "no slots: set a limit below");
+      this.slots.total ? `${free} free${held ? ` · ${held} held back (see devices)` : ""}${this.paused ? " · queue paused" : ""}` : "no slots: set a limit below");
     const failedTile = document.querySelector('.tile[data-state="failed"]');
     if (failedTile) failedTile.classList.toggle("is-alert", (c.failed || 0) > 0);
     if (this.control && this.paused !== null) {

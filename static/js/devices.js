@@ -1,5 +1,6 @@
 // Devices panel: one card per GPU (and the CPU) with memory, utilisation, a live chart of the
-// last hour, engine notes (out-of-memory cap, probation) and an editable slot limit; plus the
+// last hour, engine notes (what holds starts back: memory, a fault, probation, an out-of-memory
+// cap) and an editable slot limit; plus the
 // "Suggest slots" action (slot limits from each GPU's memory and a task's expected need).
 
 import { get, patch } from "./api.js";
@@ -7,7 +8,7 @@ import { DeviceChart, HOUR } from "./charts.js";
 import { formatBytes, h, may, plural, rafBatch, saveWholeNumber, setText, toast } from "./util.js";
 
 // Keys the engine adds to a device while they apply; absent from an update means "cleared".
-const ENGINE_NOTES = ["effective", "note", "probation"];
+const ENGINE_NOTES = ["effective", "note", "hold", "held", "waiting_task"];
 
 /** The devices panel; ``onChange(devices)`` hears every new device list. */
 export class DevicesPanel {
@@ -48,7 +49,7 @@ export class DevicesPanel {
     this.onChange(this.list());
   }
 
-  /** Apply a "slots" event: {device: {slots, running, effective?, note?, probation?}}. */
+  /** Apply a "slots" event: {device: {slots, running, effective?, hold?, note?, held?, waiting_task?}}. */
   setSlots(usage) {
     for (const [id, u] of Object.entries(usage || {})) {
       const d = this.devices.get(id);
@@ -224,16 +225,16 @@ export class DevicesPanel {
     this.dirty.clear();
   }
 
-  /** Say why a GPU starts fewer tasks than its limit: an out-of-memory cap, or probation. */
+  /** Say why a GPU starts fewer tasks than its limit, in the engine's words (``note``). */
   drawNote(c, d, capped, effective) {
     let kind = "";
     let text = "";
-    if (capped || d.note) {
+    if (d.note) {
+      kind = d.hold || "oom";
+      text = `⚠ ${d.note.charAt(0).toUpperCase()}${d.note.slice(1)}`;
+    } else if (capped) {
       kind = "oom";
-      text = d.note ? `⚠ ${d.note.charAt(0).toUpperCase()}${d.note.slice(1)}` : `⚠ Limited to ${effective} for now`;
-    } else if (d.probation !== undefined && d.probation !== null) {
-      kind = "probation";
-      text = `Settling: waits for task #${d.probation}'s memory to level off before the next start`;
+      text = `⚠ Limited to ${effective} for now`;
     }
     c.root.dataset.note = kind;
     c.note.dataset.kind = kind;
