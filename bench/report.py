@@ -13,8 +13,8 @@ if __package__ in (None, ""):  # run as a script: python bench/report.py
 
 from .common import median  # noqa: E402
 
-TOOL_ORDER = ["xargs", "slotrun", "slotrun-tmpfs", "simple_gpu_scheduler", "task-spooler",
-              "GNU parallel", "Ray"]
+TOOL_ORDER = ["xargs", "slotrun", "slotrun-gpu", "slotrun-tmpfs", "simple_gpu_scheduler",
+              "task-spooler", "GNU parallel", "Ray"]
 
 
 def _tools(wl):
@@ -258,6 +258,10 @@ def render(results):
           "transactions), gets its own run folder, log file, pid and exit-code files and a "
           "done marker. *engine span* is the engine's own first start to last exit (from "
           "state.db).",
+          "- **slotrun-gpu** (W1 and W2 only): the same in GPU mode, on two simulated GPUs "
+          "sharing the S slots (`SLOTRUN_FAKE_GPUS=2 ... -d S/2 S/2`, admission at its default: "
+          "the tasks' memory need is unknown, so the slot limits are trusted); it must match "
+          "the CPU-mode row within noise.",
           "- **slotrun-tmpfs** (W1 and slot gap only, a diagnostic): the same, with the "
           "workspace on tmpfs (`/dev/shm`), to separate slotrun's own cost from this machine's "
           "cost of creating files on its disk.",

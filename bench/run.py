@@ -29,9 +29,12 @@ from bench.install import ensure_baselines  # noqa: E402
 from bench.tools import RUNNERS, run_floor, tmpfs_available  # noqa: E402
 
 LOCAL_TOOLS = ["xargs", "slotrun", "simple_gpu_scheduler", "task-spooler", "GNU parallel",
-               "slotrun-tmpfs"]
+               "slotrun-tmpfs", "slotrun-gpu"]
 # slotrun with its workspace on tmpfs: a diagnostic row where per-task file creation dominates
 TMPFS_WORKLOADS = ("w1", "gap")
+# slotrun in GPU mode (simulated GPUs, admission on): must match the CPU-mode row within noise
+GPU_WORKLOADS = ("w1", "w2")
+ONLY_ON = {"slotrun-tmpfs": TMPFS_WORKLOADS, "slotrun-gpu": GPU_WORKLOADS}
 ALL_TOOLS = LOCAL_TOOLS + ["Ray"]
 JOB_WORKLOADS = ["w1", "w2", "w3", "gap"]
 SERVER_WORKLOADS = ["server", "logflood", "clients"]
@@ -222,13 +225,16 @@ def main(argv=None):
                                   "version": "slotrun, workspace on tmpfs (/dev/shm)",
                                   "note": "diagnostic, W1 and slot gap only" if tmpfs_available()
                                   else "not available: no writable /dev/shm"}
+    baselines["slotrun-gpu"] = {"available": True,
+                                "version": "slotrun in GPU mode: 2 simulated GPUs, admission on",
+                                "note": "W1 and W2 only; must match slotrun (CPU mode) within noise"}
     all_tools = [t for t in args.tools if t in LOCAL_TOOLS and baselines.get(t, {}).get("available")]
     jobs = {wl: workloads.JOBS[wl](args.smoke) for wl in JOB_WORKLOADS if wl in args.only}
     if jobs and args.wait_quiet > 0:
         wait_quiet(args.wait_quiet)
         results["machine"]["loadavg_1min_at_start"] = os.getloadavg()[0]
     for wl, job in jobs.items():
-        tools = [t for t in all_tools if t != "slotrun-tmpfs" or wl in TMPFS_WORKLOADS]
+        tools = [t for t in all_tools if wl in ONLY_ON.get(t, (wl,))]
         log(f"{wl}: {len(job.params)} tasks on {job.slots} slots, tools: {', '.join(tools)}")
         res, floor = run_job(job, tools, args.repeat, args.out, args.keep)
         entry = {"tasks": len(job.params), "slots": job.slots, "tools": res}

@@ -154,12 +154,17 @@ def slotrun_workspace(job, run_dir, ws=None):
     return ws
 
 
-def slotrun_argv(job, run_dir, ws):
-    """Return the multi-run.py command line of a job (its task command: PREFIX {name})."""
+def slotrun_argv(job, run_dir, ws, gpus=0):
+    """Return the multi-run.py command line of a job (its task command: PREFIX {name}): on S
+    CPU slots, or with ``gpus`` on that many GPUs sharing the S slots."""
     template = shlex.join(job.argv_prefix(run_dir)) + " {name}"
-    return [PY, os.path.join(REPO, "multi-run.py"), "-c", f"^configs/{job.workload}/",
-            "-gpu", "false", "-d", str(job.slots), "-check", "false",
-            "--command", template, "--workspace", ws]
+    if gpus:
+        per = [job.slots // gpus + (1 if i < job.slots % gpus else 0) for i in range(gpus)]
+        where = ["-d", *map(str, per)]
+    else:
+        where = ["-gpu", "false", "-d", str(job.slots)]
+    return [PY, os.path.join(REPO, "multi-run.py"), "-c", f"^configs/{job.workload}/", *where,
+            "-check", "false", "--command", template, "--workspace", ws]
 
 
 def slotrun_records(ws):
@@ -178,12 +183,17 @@ def slotrun_records(ws):
             "engine_span": (last - first) if first is not None and last is not None else None}
 
 
-def run_slotrun(job, run_dir, ws=None):
-    """Run the job headless with multi-run.py on S CPU slots (durable records, per-task logs)."""
+def run_slotrun(job, run_dir, ws=None, gpus=0):
+    """Run the job headless with multi-run.py on S CPU slots (durable records, per-task logs),
+    or on ``gpus`` simulated GPUs sharing the S slots (admission on, its default)."""
     ws = slotrun_workspace(job, run_dir, ws)
-    argv = slotrun_argv(job, run_dir, ws)
+    argv = slotrun_argv(job, run_dir, ws, gpus)
+    env = clean_env()
+    if gpus:
+        env.update(SLOTRUN_FAKE_GPUS=str(gpus),
+                   SLOTRUN_FAKE_GPU_DIR=os.path.join(run_dir, "fakegpu"))
     with open(os.path.join(run_dir, "console.log"), "wb") as out:
-        wall, cpu, rc = timed(argv, cwd=ws, env=clean_env(), stdin=subprocess.DEVNULL, stdout=out)
+        wall, cpu, rc = timed(argv, cwd=ws, env=env, stdin=subprocess.DEVNULL, stdout=out)
     if rc != 0:
         with open(os.path.join(run_dir, "console.log"), encoding="utf-8", errors="replace") as f:
             tail = f.read()[-2000:]
@@ -214,6 +224,12 @@ def run_slotrun_tmpfs(job, run_dir):
         return run_slotrun(job, run_dir, ws)
     finally:
         shutil.rmtree(ws, ignore_errors=True)
+
+
+def run_slotrun_gpu(job, run_dir):
+    """Run slotrun as run_slotrun does, in GPU mode: two simulated GPUs sharing the S slots,
+    admission at its default (tasks of unknown need: the slot limits are trusted)."""
+    return run_slotrun(job, run_dir, gpus=2)
 
 
 # -- the bare floor (for the slot gap) --------------------------------------------------------
@@ -250,4 +266,5 @@ RUNNERS = {
     "task-spooler": run_tsp,
     "GNU parallel": run_parallel,
     "slotrun-tmpfs": run_slotrun_tmpfs,
+    "slotrun-gpu": run_slotrun_gpu,
 }
