@@ -2,7 +2,7 @@
 
 import sys
 
-from app.cli import multi_run
+from app.multi_run_cli import multi_run
 
 if __name__ == "__main__":
     sys.exit(multi_run())

@@ -7,6 +7,6 @@ Flask is imported only there, so the engine and the command line stay light.
 
 def create_app(config=None):
     """Build the Flask application, its engine and its Socket.IO server."""
-    from .web import build_app
+    from .web import build_app  # imported here on purpose: see the module's docstring
 
     return build_app(config)

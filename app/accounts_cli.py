@@ -1,16 +1,18 @@
 """python -m app users … / token …: manage accounts from the shell."""
 
+import argparse
 import getpass
-import os
 import sys
 
+from . import settings as settings_mod
+from .accounts import Accounts, check_name, check_role
 from .errors import SlotrunError
+from .paths import state_db
+from .store import Store
 
 
 def add_commands(sub):
     """Add the users and token sub-commands."""
-    import argparse
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=None, metavar="DIR",
                         help="workspace folder (default: the current folder or $SLOTRUN_WORKSPACE)")
@@ -57,13 +59,8 @@ class _Leaves:
 
 
 def _accounts(args):
-    from . import settings as settings_mod
-    from .accounts import Accounts
-    from .scheduler import state_dir
-    from .store import Store
-
     s = settings_mod.load({"workspace": args.workspace})
-    return Accounts(Store(os.path.join(state_dir(s["workspace"]), "state.db")))
+    return Accounts(Store(state_db(s["workspace"])))
 
 
 def _password(args, name):
@@ -80,8 +77,6 @@ def _password(args, name):
 def _users(args):
     acc = _accounts(args)
     if args.action == "add":
-        from .accounts import check_name, check_role
-
         check_name(args.name)
         check_role(args.role)
         u = acc.add_user(args.name, args.role, _password(args, args.name))

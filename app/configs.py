@@ -1,10 +1,11 @@
 """Finding experiment configs by regular expression, as multi-run.py -c always did."""
 
 import os
+import time
 
 import regex
 
-from .errors import SlotrunError
+from .errors import NotFound, SlotrunError
 
 BASE_SUFFIXES = ("-base.yaml", "_base.yaml")
 
@@ -49,8 +50,6 @@ def match_configs(workspace, pattern, configs_dir="configs", max_length=None, ti
     cannot stall the caller.
     """
     compiled = compile_pattern(pattern, max_length)
-    import time
-
     deadline = None if timeout is None else time.monotonic() + timeout
     out = []
     for path in all_configs(workspace, configs_dir):
@@ -100,8 +99,6 @@ def completed_marker(workspace, config, settings):
 
 def read_config(workspace, config):
     """Return a config file's text, or raise NotFound."""
-    from .errors import NotFound
-
     path = os.path.join(workspace, config)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

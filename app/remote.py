@@ -5,26 +5,28 @@ one on the server with ``python -m app token create NAME``). Ctrl-C cancels the 
 """
 
 import os
+import threading
 
+import requests
+import socketio
+
+from .console import EXIT_FAILED, Printer, Stop, confirm, install_signal_handlers
 from .errors import SlotrunError
 
 
-class _Client:
+class ApiClient:
     """A small JSON client of the server's API."""
 
     def __init__(self, url, token):
-        import requests
-
         self.url = url.rstrip("/")
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
-        self.requests = requests
 
     def call(self, method, path, **kwargs):
         """Send one request; return its JSON, or raise an error with the server's message."""
         try:
             r = self.http.request(method, self.url + path, timeout=30, **kwargs)
-        except self.requests.RequestException as e:
+        except requests.RequestException as e:
             raise SlotrunError(f"cannot reach the slotrun server at {self.url}: "
                                f"{e.__class__.__name__}") from None
         try:
@@ -41,13 +43,11 @@ class _Client:
 
 def submit_remote(args, settings):
     """Submit the configs matching args.key to the server and print progress; return the status."""
-    from .cli import EXIT_FAILED, _confirm, _install_signal_handlers, _Printer, _Stop
-
     token = os.environ.get("SLOTRUN_TOKEN")
     if not token:
         raise SlotrunError("set SLOTRUN_TOKEN to an API token of the server (create one there "
                            "with: python -m app token create NAME)")
-    client = _Client(args.server, token)
+    client = ApiClient(args.server, token)
     found = client.call("GET", "/api/v1/configs", params={"pattern": args.key})["configs"]
     if not found:
         raise SlotrunError(f"no config on the server matches {args.key!r}")
@@ -64,13 +64,11 @@ def submit_remote(args, settings):
             raise SlotrunError("every slot count is 0, so nothing could run; give a GPU a slot")
         print("Note: the server's slot limits apply; -d chooses the GPUs "
               f"({', '.join(body['devices'])}).", flush=True)
-    if args.check and not _confirm(found, set()):
+    if args.check and not confirm(found, set()):
         print("Nothing was run (answer y to run, or pass -check false).")
         return EXIT_FAILED
 
-    import socketio
-
-    printer = _Printer(args.command or settings["command"], bool(args.overwrite))
+    printer = Printer(args.command or settings["command"], bool(args.overwrite))
     sio = socketio.Client(reconnection=True)
     sio.on("task", lambda t: printer("task", t))
 
@@ -85,7 +83,7 @@ def submit_remote(args, settings):
                     auth={"token": token}, transports=["websocket"], wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
         raise SlotrunError(f"cannot follow the batch live at {client.url}: {e}") from None
-    stop = _install_signal_handlers()
+    stop = install_signal_handlers()
     batch = None
     try:
         batch = client.call("POST", "/api/v1/batches", json=body)
@@ -97,7 +95,7 @@ def submit_remote(args, settings):
         printer.expect(batch)
         _catch_up(client, printer)
         printer.done.wait()
-    except _Stop:
+    except Stop:
         if batch is not None:
             client.call("POST", f"/api/v1/batches/{batch['id']}/cancel")
             print(f"Interrupted: cancelled batch {batch['id']} on the server.", flush=True)
@@ -114,8 +112,6 @@ def _disconnect(sio, wait=0.5):
     A server may never answer the websocket's closing handshake (the development server
     does not), and the client would sit out its 3 s timeout before the command could exit.
     """
-    import threading
-
     closer = threading.Thread(target=sio.disconnect, name="slotrun-disconnect", daemon=True)
     closer.start()
     closer.join(wait)

@@ -23,6 +23,7 @@ from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, f
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
 from .logs import LOG_NAME
+from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
 from .settings import format_size, parse_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
                    SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, need_of, order_key,
@@ -35,12 +36,6 @@ PLACEHOLDERS = ("python", "config", "name", "results", "overwrite", "device_args
 # Placeholders that stand for a list of arguments (possibly none), so each must be a whole
 # argument of the template: {device_args} is "-d 0" on a GPU and nothing on the CPU.
 ARGUMENT_LISTS = ("device_args",)
-STATE_DIR = ".slotrun"
-
-
-def state_dir(workspace):
-    """Return the engine's own folder inside a workspace."""
-    return os.path.join(workspace, STATE_DIR)
 
 
 def gpu_index(device_id):

@@ -7,7 +7,9 @@ import signal
 import socket
 import sys
 
+from . import create_app
 from . import settings as settings_mod
+from .errors import SlotrunError
 
 
 def add_commands(sub):
@@ -59,17 +61,11 @@ def serve(args):
                                   "port": args.port, "executor": args.executor,
                                   "ray_address": args.ray_address})
     if settings["executor"] not in ("local", "ray"):
-        from .errors import SlotrunError
-
         raise SlotrunError(f"unknown executor {settings['executor']!r}; valid: local, ray")
     ws, host, port = settings["workspace"], settings["host"], int(settings["port"])
     if not 0 < port < 65536:
-        from .errors import SlotrunError
-
         raise SlotrunError(f"--port must be from 1 to 65535, not {port}")
     if not settings["auth"] and not _is_loopback(host):
-        from .errors import SlotrunError
-
         raise SlotrunError(
             f"refusing to serve on {host} with auth turned off (auth: false or "
             "SLOTRUN_AUTH=false): anyone who can reach the port would act as an admin. Bind "
@@ -79,8 +75,6 @@ def serve(args):
         print(f"warning: no {settings['configs_dir']}/ folder in the workspace {ws}; "
               "batches will find no config (pass --workspace DIR)", file=sys.stderr)
     reloader_child = os.environ.get("WERKZEUG_RUN_MAIN") == "true"
-    from . import create_app
-
     # Under --reload the watching parent never serves: only the child starts the engine.
     app = create_app({"workspace": ws, "host": host, "port": port, "ANNOUNCE_SETUP": False,
                       "executor": settings["executor"], "ray_address": settings["ray_address"],

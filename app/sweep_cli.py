@@ -16,6 +16,8 @@ import yaml
 from . import settings as settings_mod
 from . import sweeps as sweeps_mod
 from .errors import SlotrunError
+from .multi_run_cli import multi_run
+from .remote import ApiClient
 
 
 class _Param(argparse.Action):
@@ -157,8 +159,6 @@ def run_sweep(args):
     print(f"Wrote {len(written)} config(s) to {plan.folder}/")
     if not args.start:
         return 0
-    from .cli import multi_run
-
     pattern = "^(" + "|".join(re.escape(c) for c in written) + ")$"
     argv = ["-c", pattern, "-check", "false", "--workspace", ws, "-gpu",
             "true" if args.gpu else "false", "-w", "true" if args.replace else "false"]
@@ -168,13 +168,11 @@ def run_sweep(args):
 
 
 def _remote(args, params):
-    from .remote import _Client
-
     token = os.environ.get("SLOTRUN_TOKEN")
     if not token:
         raise SlotrunError("set SLOTRUN_TOKEN to an API token of the server (create one there "
                            "with: python -m app token create NAME)")
-    client = _Client(args.server, token)
+    client = ApiClient(args.server, token)
     body = {"base": args.base, "folder": args.folder, "mode": args.mode, "params": params,
             "replace": args.replace}
     preview = client.call("POST", "/api/v1/sweeps/preview", json=body)

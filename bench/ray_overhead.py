@@ -119,7 +119,7 @@ def main(argv=None):
         import ray
 
         from app.executors.ray import RayExecutor
-        from app.ray_inventory import make_inventory
+        from app.executors.ray_inventory import make_inventory
 
         t0 = time.perf_counter()
         ray.init(num_cpus=1, num_gpus=slots, include_dashboard=False, log_to_driver=False,

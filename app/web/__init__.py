@@ -28,7 +28,12 @@ from werkzeug.routing import IntegerConverter
 
 from .. import settings as settings_mod
 from ..accounts import Accounts, RateLimiter, can
+from ..devices import open_inventory
 from ..errors import Forbidden, SlotrunError, Unauthorized
+from ..executors.ray_inventory import make_inventory, watch_nodes
+from ..paths import state_db, state_dir
+from ..scheduler import Engine
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +276,10 @@ class Runtime:
     """A workspace's store, device inventory and engine, shared by every app in this process."""
 
     def __init__(self, settings):
-        from ..devices import open_inventory
-        from ..scheduler import state_dir
-        from ..store import Store
-
         self.settings = settings
         self.workspace = settings["workspace"]
-        self.store = Store(os.path.join(state_dir(self.workspace), "state.db"))
+        self.store = Store(state_db(self.workspace))
         if settings.get("executor", "local") == "ray":
-            from ..ray_inventory import make_inventory
-
             self.inventory = make_inventory(settings)  # every node's GPUs, "NODE/gpuI"
         else:
             self.inventory = open_inventory(settings.get("fake_gpus") or None)
@@ -312,13 +311,9 @@ class Runtime:
             return self.engine
         with self._lock:
             if self.engine is None:
-                from ..scheduler import Engine
-
                 engine = Engine(self.settings, self.store, self.inventory, publish=self.publish)
                 engine.start()
                 if self.settings.get("executor", "local") == "ray":
-                    from ..ray_inventory import watch_nodes
-
                     # nodes joining or leaving the cluster appear / disappear live
                     self.node_watcher = watch_nodes(engine, self.inventory,
                                                     float(self.settings["device_refresh"]))
@@ -663,8 +658,6 @@ def _should_start_engine(app):
 
 
 def _secret_key(workspace):
-    from ..scheduler import state_dir
-
     folder = state_dir(workspace)
     path = os.path.join(folder, "secret_key")
     try:

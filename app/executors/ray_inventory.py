@@ -10,13 +10,16 @@ node never stalls the dashboard or the scheduler). Only a node seen for the firs
 waited for, briefly, so that its device list is right from the start. Nodes that join or
 leave the cluster appear or disappear at the next ``snapshot()``; ``watch_nodes`` tells an
 engine when that happens.
+
+It lives beside the Ray executor, not among the devices, because both reach the cluster
+through the same ``ClusterView`` and node agents (``executors.ray``).
 """
 
 import logging
 import threading
 
-from .devices import Device
-from .executors.ray import cluster_view
+from ..devices import Device
+from .ray import cluster_view
 
 log = logging.getLogger(__name__)
 
