@@ -15,6 +15,7 @@ import socketio
 from app import create_app
 from app.accounts import Accounts
 from app.store import Store
+from app.web.auth import recheck_sockets
 from tests.helpers import ServerProcess, make_workspace, task_env, wait_for
 
 ROLES = ("anonymous", "viewer", "member_own", "member_other", "admin")
@@ -313,7 +314,7 @@ def test_no_log_tail_for_a_client_that_is_not_or_no_longer_signed_in(shared):
     assert not [e for e in sio.get_received() if e["name"] == "log"]
     assert task not in s.logs.rooms  # it never joined the task's room
     # ... and the periodic check (or a revoke on the page) drops the connection.
-    s.recheck_sockets()
+    recheck_sockets(s)
     assert not sio.is_connected()
 
 

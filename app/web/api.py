@@ -4,31 +4,29 @@ Errors are ``{"error": "..."}`` with a proper status code (see ``app.web``); eve
 checks access through ``authorize`` before acting.
 """
 
-import atexit
-import json
 import logging
 import math
 import os
 import re
-import select
 import shlex
-import signal
 import stat
-import subprocess
 import sys
-import threading
 import time
-import zipfile
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 
 from .. import configs as configs_mod
+from .. import pattern_helper
 from ..errors import NotFound, SlotrunError
 from ..logs import LOG_NAME, read_from, tail_bytes
+from ..scheduler import check_template
 from ..settings import parse_size
 from ..store import TASK_SORTS
 from ..task import ANY_GPU, FINAL_STATES, RETRYABLE_STATES, STATES, device_kind
-from . import VERSION, authorize, current_user, get_slotrun
+from ..zipstream import ZIP_CHUNK, stream_zip, walk_regular_files
+from .access import authorize
+from .auth import current_user
+from .extension import VERSION, get_slotrun
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger(__name__)
@@ -38,7 +36,6 @@ MAX_PAGE = 10**9
 MAX_TAIL_LINES = 10000
 LOG_READ_CAP = 1024 * 1024  # most bytes one log request returns
 MAX_LISTING = 5000  # most entries one folder listing returns
-ZIP_CHUNK = 64 * 1024
 MAX_MEMORY = 2**50
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -297,187 +294,8 @@ def _match(pattern):
     if not os.path.isdir(os.path.join(ws, s["configs_dir"])):
         raise SlotrunError(f"the workspace has no {s['configs_dir']}/ folder, so no config "
                            "can match")
-    return match_configs(ws, pattern, s["configs_dir"], int(s["max_regex_length"]),
-                         float(s["regex_timeout"]))
-
-
-def match_configs(workspace, pattern, configs_dir, max_length, timeout):
-    """Return the configs a user's pattern matches, within ``timeout`` seconds or a 400.
-
-    The pattern runs in a helper process that is killed at the deadline: the regex
-    package's own timeout is checked too rarely to bound a catastrophic pattern (0.5 s
-    asked, 0.8 to 4.8 s spent on this project's machines), and a thread cannot be stopped.
-    """
-    configs_mod.compile_pattern(pattern, max_length)  # invalid or too long: 400 right here
-    return _MATCHER.match({"workspace": workspace, "pattern": pattern,
-                           "configs_dir": configs_dir, "max_length": max_length,
-                           "timeout": timeout}, timeout + PATTERN_GRACE)
-
-
-PATTERN_GRACE = 0.2  # seconds on top of regex_timeout before the helper process is killed
-
-# The helper: one request per line on stdin, one JSON answer per line on stdout.
-_WORKER_CODE = r"""
-import json, sys
-from app.configs import match_configs
-from app.errors import SlotrunError
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        out = {"configs": match_configs(req["workspace"], req["pattern"], req["configs_dir"],
-                                        max_length=req["max_length"], timeout=req["timeout"])}
-    except SlotrunError as e:
-        out = {"error": e.message, "status": e.status}
-    except Exception:
-        out = {"error": "internal error: matching the pattern failed", "status": 500}
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-"""
-
-
-class _Overrun(Exception):
-    """The helper did not answer in time."""
-
-
-class _PatternWorker:
-    """One helper process that matches config patterns."""
-
-    def __init__(self):
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-        # Started from the package's folder, so a workspace's own files can never shadow it.
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], cwd=package_root,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self._buffer = b""
-        if self._line(time.monotonic() + 30) != b"ready":
-            self.kill()
-            raise OSError("the pattern helper did not start")
-
-    def ask(self, request, deadline):
-        """Send one request; return its answer, or raise _Overrun at ``deadline``."""
-        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-        self.proc.stdin.flush()
-        return json.loads(self._line(deadline))
-
-    def _line(self, deadline):
-        fd = self.proc.stdout.fileno()
-        poller = select.poll()  # not select(): a busy server's descriptors may exceed 1024
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Overrun()
-            if poller.poll(max(1, int(left * 1000))):
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise OSError("the pattern helper exited")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
-
-    def alive(self):
-        """Return True while the process runs."""
-        return self.proc.poll() is None
-
-    def kill(self):
-        """Stop the process at once."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-class _PatternMatcher:
-    """A few idle helper processes; one is killed (and replaced) when a pattern overruns."""
-
-    MAX_IDLE = 2
-
-    def __init__(self):
-        self._idle = []
-        self._lock = threading.Lock()
-
-    def match(self, request, seconds):
-        """Return the matching configs, or raise the error the helper reported."""
-        worker = self._take()
-        try:
-            answer = worker.ask(request, time.monotonic() + seconds)
-        except _Overrun:
-            worker.kill()
-            self.warm()  # the next preview should not pay for a new process
-            raise SlotrunError(
-                f"pattern {request['pattern']!r} took longer than {request['timeout']:g} s to "
-                "match the config names; simplify it (avoid nested repetition such as "
-                "(a|aa)+)") from None
-        except (OSError, ValueError):
-            worker.kill()
-            log.exception("the pattern helper failed")
-            raise SlotrunError("internal error: matching the pattern failed; the details are "
-                               "in the server's log", status=500) from None
-        self._give_back(worker)
-        if "error" in answer:
-            raise SlotrunError(answer["error"], status=answer.get("status", 400))
-        return answer["configs"]
-
-    def warm(self):
-        """Start an idle helper in the background (if none is waiting)."""
-        with self._lock:
-            if self._idle:
-                return
-
-        def start():
-            """Start one helper and keep it idle."""
-            try:
-                self._give_back(_PatternWorker())
-            except OSError:
-                log.exception("starting the pattern helper failed")
-
-        threading.Thread(target=start, name="slotrun-pattern-helper", daemon=True).start()
-
-    def _take(self):
-        with self._lock:
-            while self._idle:
-                worker = self._idle.pop()
-                if worker.alive():
-                    return worker
-                worker.kill()
-        return _PatternWorker()
-
-    def _give_back(self, worker):
-        with self._lock:
-            if len(self._idle) < self.MAX_IDLE and worker.alive():
-                self._idle.append(worker)
-                return
-        worker.kill()
-
-    def close(self):
-        """Stop every idle helper."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.kill()
-
-
-_MATCHER = _PatternMatcher()
-atexit.register(_MATCHER.close)
-
-
-def warm_pattern_helper():
-    """Start the pattern helper process ahead of the first pattern (in the background)."""
-    _MATCHER.warm()
+    return pattern_helper.match_configs(ws, pattern, s["configs_dir"], int(s["max_regex_length"]),
+                                        float(s["regex_timeout"]))
 
 
 @bp.get("/configs")
@@ -546,8 +364,6 @@ def batch_options(body):
     if not 0 <= memory <= MAX_MEMORY:
         raise SlotrunError(f"memory must be from 0 to {MAX_MEMORY} bytes (1 PiB), not {memory}")
     if body["command"] is not None:
-        from ..scheduler import check_template
-
         check_template(body["command"])  # an empty template is an error, not "the default"
     get_slotrun().engine.check_devices(body["use_gpu"], devices)
     return dict(use_gpu=body["use_gpu"], devices=devices, overwrite=body["overwrite"],
@@ -659,7 +475,7 @@ def batch_zip(batch_id):
                                                   settings["results_dir"])
                 root = os.path.join(ws, rel)
                 prefix = rel[len(results_root):] if rel.startswith(results_root) else rel
-                yield from _walk_regular_files(root, prefix)
+                yield from walk_regular_files(root, prefix)
 
     return _zip_response(entries(), f"batch-{batch_id}-results.zip")
 
@@ -716,8 +532,6 @@ def task_get(task_id):
 
 
 def _display_command(argv):
-    import sys
-
     shown = ["python" if i == 0 and a == sys.executable else a for i, a in enumerate(argv)]
     return shlex.join(shown)
 
@@ -882,75 +696,7 @@ def task_zip(task_id):
     if not os.path.isdir(root):
         raise NotFound(f"task {task_id} has no results yet ({rel}/ does not exist)")
     name = os.path.basename(rel)
-    return _zip_response(_walk_regular_files(root, name), f"{name}-results.zip")
-
-
-def _walk_regular_files(root, prefix):
-    """Yield (name in the zip, path) of the regular files under ``root``; symlinks are skipped."""
-    real_root = os.path.realpath(root)
-    if not os.path.isdir(real_root):
-        return
-    for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, real_root).replace(os.sep, "/")
-            yield f"{prefix}/{rel}", path
-
-
-class _Sink:
-    """A write-only stream that zipfile writes into and the response generator drains."""
-
-    def __init__(self):
-        self.chunks = []
-        self.size = 0
-
-    def write(self, data):
-        """Keep ``data`` until the next ``take``."""
-        self.chunks.append(bytes(data))
-        self.size += len(data)
-        return len(data)
-
-    def flush(self):
-        """Do nothing: the response generator drains the sink."""
-
-    def take(self):
-        """Return and forget everything written since the last call."""
-        data = b"".join(self.chunks)
-        self.chunks = []
-        self.size = 0
-        return data
-
-
-def stream_zip(entries):
-    """Yield the bytes of a zip of ``entries`` ((name, path) pairs) as it is written."""
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
-                         allowZip64=True) as zf:
-        for arcname, path in entries:
-            try:
-                # O_NOFOLLOW: a file swapped for a symlink after the walk is still not followed.
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                info = zipfile.ZipInfo(arcname, time.localtime(max(st.st_mtime, 315532800))[:6])
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = (st.st_mode & 0o777 | stat.S_IFREG) << 16
-                with zf.open(info, "w", force_zip64=st.st_size > 2**31) as out:
-                    while True:
-                        chunk = f.read(ZIP_CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        if sink.size >= ZIP_CHUNK:
-                            yield sink.take()
-            if sink.size:
-                yield sink.take()
-    yield sink.take()
+    return _zip_response(walk_regular_files(root, name), f"{name}-results.zip")
 
 
 def _zip_response(entries, filename):

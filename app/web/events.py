@@ -7,21 +7,21 @@ thread that reads followed logs: every ``log_push_interval`` seconds it sends ea
 task's new bytes (at most ``log_push_max_bytes``) to the task's room.
 """
 
-import hmac
 import logging
 import os
 import queue
 import threading
 import time
 
-from flask import g, request, session
+from flask import request
 from flask_socketio import ConnectionRefusedError, emit
 
 from ..errors import SlotrunError
 from ..logs import LOG_NAME, read_from
 from ..task import STATES
-from . import authorize, bearer_token, is_loopback
+from .access import authorize
 from .api import batch_json, device_list, task_json
+from .auth import forget_socket, recheck_sockets, sign_in_socket
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def register(socketio, slotrun):
             sign_in_socket(slotrun, request.sid, auth)
             authorize("socket.connect")
         except SlotrunError as e:
-            slotrun.forget_socket(request.sid)
+            forget_socket(slotrun, request.sid)
             raise ConnectionRefusedError(e.message) from None
         slotrun.clients.add(request.sid)
         emit("queue", queue_payload(slotrun))
@@ -65,7 +65,7 @@ def register(socketio, slotrun):
         """Forget a client's follows."""
         slotrun.clients.discard(request.sid)
         slotrun.logs.drop(request.sid)
-        slotrun.forget_socket(request.sid)
+        forget_socket(slotrun, request.sid)
 
     @socketio.on("follow")
     def on_follow(data=None):
@@ -94,51 +94,6 @@ def register(socketio, slotrun):
         log.exception("Socket.IO event failed")
         return {"error": "internal error: the event failed; the details are in the server's log",
                 "status": 500}
-
-
-def sign_in_socket(slotrun, sid, auth):
-    """Decide who a connecting client is, remember it for its events; raise if nobody.
-
-    A token (``Authorization: Bearer`` or ``auth={"token": ...}``) signs in any client. A
-    browser's session cookie counts only with the page's CSRF token in ``auth`` (so only
-    the dashboard's own pages use it) and, for a websocket, with an ``Origin`` header: a
-    websocket without one comes from a script, which must use a token. Cross-origin
-    requests never get here: the Socket.IO server refuses them (same origin only).
-    """
-    from ..errors import Unauthorized
-
-    if not slotrun.auth:
-        if not is_loopback(request.remote_addr):
-            raise Unauthorized("this server runs with auth turned off, so it answers only "
-                               "local connections")
-        slotrun.remember_socket(sid, {"via": "local"})
-        g.slotrun_user = slotrun.local_user
-        return
-    token = bearer_token(auth)
-    if token is not None:
-        user = slotrun.accounts.user_for_token(token)
-        if user is None:
-            raise Unauthorized("the API token is not valid (revoked, or mistyped)")
-        slotrun.remember_socket(sid, {"via": "token", "token_id": user["token_id"],
-                                      "uid": user["id"]})
-        g.slotrun_user = {"id": user["id"], "name": user["name"], "role": user["role"]}
-        return
-    websocket = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket" \
-        or request.args.get("transport") == "websocket"
-    if websocket and not request.headers.get("Origin"):
-        raise Unauthorized("a websocket without an Origin header must sign in with a token "
-                           "(Authorization: Bearer TOKEN or auth={\"token\": TOKEN})")
-    user = slotrun.session_user(session)
-    if user is None:
-        raise Unauthorized("sign in first: log in at /login, or connect with a token")
-    sent = auth.get("csrf") if isinstance(auth, dict) else None
-    if not isinstance(sent, str) or not hmac.compare_digest(
-            sent.encode("utf-8", "replace"), str(session.get("csrf", "")).encode()):
-        raise Unauthorized("a session's Socket.IO connection must send the page's CSRF token "
-                           "as auth={\"csrf\": ...}")
-    slotrun.remember_socket(sid, {"via": "session", "uid": session.get("uid"),
-                                  "since": session.get("since"), "pwh": session.get("pwh")})
-    g.slotrun_user = user
 
 
 def _task_arg(data):
@@ -278,7 +233,7 @@ class Emitter:
         now = time.monotonic()
         if s.auth and now >= self.next_recheck:
             # A token revoked or a user removed elsewhere (the CLI) ends its live connections.
-            s.recheck_sockets()
+            recheck_sockets(s)
             self.next_recheck = now + self.RECHECK_INTERVAL
         usage = s.engine.usage()
         for bid in self.new_batches:

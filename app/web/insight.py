@@ -30,8 +30,9 @@ from ..errors import NotFound, SlotrunError
 from ..logs import LOG_NAME
 from ..settings import format_size, parse_size
 from ..task import CPU
-from . import authorize, get_slotrun
+from .access import authorize
 from .api import _match, batch_json
+from .extension import get_slotrun
 
 log = logging.getLogger(__name__)
 

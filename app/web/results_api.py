@@ -7,8 +7,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from .. import results_table
 from ..errors import SlotrunError
-from . import authorize, get_slotrun
+from .access import authorize
 from .api import _match
+from .extension import get_slotrun
 
 bp = Blueprint("results_api", __name__)
 

@@ -3,7 +3,8 @@ the configs matching a pattern. Their data comes from the sweeps and results API
 
 from flask import Blueprint, render_template, request
 
-from . import authorize, get_slotrun
+from .access import authorize
+from .extension import get_slotrun
 from .views import bootstrap
 
 bp = Blueprint("sweep_pages", __name__)

@@ -9,9 +9,11 @@ from flask import Blueprint, jsonify, request, url_for
 from .. import config_values
 from .. import sweeps as sweeps_mod
 from ..errors import SlotrunError
-from . import authorize, current_user, get_slotrun
+from .access import authorize
 from .api import (BATCH_FIELDS, REQUIRED, _check_fields, _json_body, batch_answer,
                   batch_options)
+from .auth import current_user
+from .extension import get_slotrun
 
 bp = Blueprint("sweeps_api", __name__)
 

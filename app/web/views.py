@@ -5,14 +5,16 @@ import hmac
 import logging
 import time
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from ..accounts import ROLES, can
 from ..errors import Conflict, NotFound, SlotrunError
 from ..task import ACTIVE_STATES, FINAL_STATES, RETRYABLE_STATES, STATES
-from . import (VERSION, authorize, csrf_token, current_user, get_slotrun, public, safe_next,
-               wants_json)
+from .access import authorize, public
+from .auth import csrf_token, current_user, recheck_sockets, safe_next, sign_in, sign_out
+from .errors import error_response, wants_json
 from .events import LOG_TAIL_LINES
+from .extension import VERSION, get_slotrun
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def bootstrap(**extra):
                     logout_url=f"{root}/logout" if user else None,
                     account_url=f"{root}/account" if user else None,
                     users_url=f"{root}/users" if role == "admin" else None,
-                    # A session's socket proves it comes from this page (see events.connect).
+                    # A session's socket proves it comes from this page (see auth.sign_in_socket).
                     socket_auth={"csrf": token})
     else:
         data.update(users_url=f"{root}/users")
@@ -122,9 +124,7 @@ def login():
         log.warning("login refused for %r from %s: too many failed attempts", name[:64], address)
         message = f"too many failed logins: try again in {wait} s"
         if wants_json():
-            from . import _error_response
-
-            return _error_response(429, message, {"Retry-After": str(wait)})
+            return error_response(429, message, {"Retry-After": str(wait)})
         body, status, headers = _page("login.html", 429, next=target, name=name, error=message,
                                       setup=False)
         return body, status, {**headers, "Retry-After": str(wait)}
@@ -136,7 +136,7 @@ def login():
         return _page("login.html", 401, next=target, name=name,
                      error="wrong user name or password", setup=not s.accounts.has_users())
     s.login_by_name.reset(name.lower())
-    s.start_session(session, user)
+    sign_in(user)
     log.info("%s signed in from %s", user["name"], address)
     return redirect(target, 303)
 
@@ -146,7 +146,7 @@ def login():
 def logout():
     """Sign out: forget the session."""
     authorize("auth.logout")
-    session.clear()
+    sign_out()
     return redirect(url_for("views.login"), 303)
 
 
@@ -189,7 +189,7 @@ def setup():
                 s.setup_token = None
     if error:
         return _page("setup.html", 400, token=given, name=name, error=error, valid=True)
-    s.start_session(session, user)
+    sign_in(user)
     log.info("first admin %s created from %s", user["name"], address)
     return redirect(url_for("views.index"), 303)
 
@@ -241,7 +241,7 @@ def token_revoke(token_id):
         raise Conflict("auth is turned off on this server: API tokens are not used")
     s = get_slotrun()
     s.accounts.revoke_token(me["name"], token_id)
-    s.recheck_sockets(lambda e: e.get("token_id") == token_id)
+    recheck_sockets(s, lambda e: e.get("token_id") == token_id)
     log.info("%s revoked API token %s", me["name"], token_id)
     return redirect(url_for("views.account"), 303)
 
@@ -263,8 +263,8 @@ def password_change():
         s.accounts.set_password(me["name"], new)
     except SlotrunError as e:
         return _account_page(400, error=e.message)
-    s.start_session(session, me)  # this session goes on; the others end
-    s.recheck_sockets()
+    sign_in(me)  # this session goes on; the others end
+    recheck_sockets(s)
     log.info("%s changed their password", me["name"])
     return _account_page(message="Password changed. Other sessions are signed out.")
 
@@ -317,7 +317,7 @@ def user_role(name):
         if e.status == 404:
             raise
         return _users_page(e.status, error=e.message)
-    s.recheck_sockets()
+    recheck_sockets(s)
     log.info("%s made %s %s", current_user()["name"], name, role)
     return redirect(url_for("views.users"), 303)
 
@@ -335,6 +335,6 @@ def user_remove(name):
         if e.status == 404:
             raise
         return _users_page(e.status, error=e.message)
-    s.recheck_sockets()
+    recheck_sockets(s)
     log.info("%s removed user %s", current_user()["name"], name)
     return redirect(url_for("views.users"), 303)
