@@ -1,4 +1,4 @@
-"""Accounts: users with roles, hashed passwords, API tokens, the access rule, login limits.
+"""Accounts: users with roles, hashed passwords, API tokens and the access rule.
 
 No web framework here: the web layer asks ``can(user, action, owner)`` and the CLI manages
 users and tokens through ``Accounts``.
@@ -8,9 +8,7 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
 import time
-from collections import deque
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -184,39 +182,3 @@ class Accounts:
             self.db.touch_token(row["id"])
         return {"id": row["user_id"], "name": row["user_name"], "role": row["role"],
                 "token_id": row["id"]}
-
-
-class RateLimiter:
-    """Counts failures per key in a sliding window; refuses once a key has too many."""
-
-    def __init__(self, limit, window):
-        self.limit = limit
-        self.window = window
-        self._hits = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, key):
-        """Return seconds to wait before ``key`` may try again (0: it may try now)."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._hits.get(key)
-            if not q:
-                return 0
-            while q and now - q[0] > self.window:
-                q.popleft()
-            if len(q) < self.limit:
-                return 0
-            return max(1, int(self.window - (now - q[0])) + 1)
-
-    def fail(self, key):
-        """Record a failure of ``key``."""
-        now = time.monotonic()
-        with self._lock:
-            if len(self._hits) > 100000:  # bound memory under a flood of distinct keys
-                self._hits.clear()
-            self._hits.setdefault(key, deque()).append(now)
-
-    def reset(self, key):
-        """Forget ``key``'s failures (after a success)."""
-        with self._lock:
-            self._hits.pop(key, None)

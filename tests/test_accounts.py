@@ -1,4 +1,5 @@
-"""Accounts: users, roles, tokens, the access rule, login limits, and their CLI."""
+"""Accounts: users, roles, tokens, the access rule, and their CLI (login limits: see
+test_security)."""
 
 import os
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from app.accounts import Accounts, RateLimiter, can
+from app.accounts import Accounts, can
 from app.errors import Conflict, NotFound, SlotrunError
 from app.store import Store
 from tests.helpers import ROOT, task_env
@@ -75,17 +76,6 @@ def test_access_rule(role, action, owner, allowed):
     user = {"name": "me" if role == "member" else role + "1", "role": role}
     assert can(user, action, owner) is allowed
     assert can(None, action, owner) is False
-
-
-def test_rate_limiter():
-    rl = RateLimiter(3, 60)
-    for _ in range(3):
-        assert rl.retry_after("alice") == 0
-        rl.fail("alice")
-    assert rl.retry_after("alice") > 0
-    assert rl.retry_after("bob") == 0
-    rl.reset("alice")
-    assert rl.retry_after("alice") == 0
 
 
 def cli(ws, *args, stdin=None):

@@ -1,20 +1,38 @@
-"""Who is asking: sessions, API tokens, CSRF tokens and the sign-ins of Socket.IO clients.
+"""Who is asking: sessions, API tokens, CSRF tokens, login limits and the sign-ins of
+Socket.IO clients, on the Flask ecosystem's kept libraries.
 
-A request is signed in by a bearer token (``Authorization: Bearer ...``, which wins) or by
-the session cookie; with the ``auth`` setting off, everyone is the server's OS user with
-the admin role and only loopback clients are answered. What a signed-in user may do is
-decided in ``access``.
+- Flask-Login loads the user of a session cookie (``user_loader``) or of an
+  ``Authorization: Bearer`` token (``request_loader``); a token wins over the cookie.
+  The session's user id carries a keyed digest of the password hash, so a password
+  change ends every other session (Flask-Login's "alternative token" pattern), and the
+  session records when it signed in, so it ends after ``SESSION_MAX_AGE`` however used.
+- Flask-WTF's ``CSRFProtect`` issues and checks the CSRF token of every state-changing
+  request signed by the cookie (the form field, or the ``X-CSRFToken`` header of the
+  page's JSON calls); bearer-token calls are exempt: a browser never adds that header.
+- Flask-Limiter counts failed sign-ins per user name and per client address in a moving
+  window and answers 429 with Retry-After; its storage is in memory, which is right for
+  the one-worker server (a second worker would count on its own).
+
+With the ``auth`` setting off, everyone is the server's OS user with the admin role and
+only loopback clients are answered. What a signed-in user may do is decided in ``access``.
 """
 
 import hashlib
 import hmac
 import ipaddress
 import logging
-import secrets
+import math
 import time
+from dataclasses import dataclass
 
-from flask import g, has_request_context, request, session
+from flask import current_app, g, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager, UserMixin, login_user, logout_user
+from flask_login import current_user as login_user_proxy
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf, validate_csrf
+from wtforms.validators import ValidationError
 
 from ..errors import Forbidden, Unauthorized
 from .extension import get_slotrun
@@ -22,6 +40,44 @@ from .extension import get_slotrun
 log = logging.getLogger(__name__)
 
 SESSION_MAX_AGE = 7 * 24 * 3600  # a session older than this must sign in again, used or not
+LOGIN_LIMIT_PER_NAME = 5  # failed logins per user name per window
+LOGIN_LIMIT_PER_ADDRESS = 20  # failed sign-ins (any name, or the set-up link) per client address
+LOGIN_WINDOW = 300  # seconds
+NAME_SCOPE = "sign-in-name"
+ADDRESS_SCOPE = "sign-in-address"
+
+
+@dataclass(frozen=True, eq=False)
+class SignedIn(UserMixin):
+    """A signed-in user as Flask-Login holds it."""
+
+    uid: int
+    name: str
+    role: str
+    session_id: str = ""  # "UID:DIGEST" in the session cookie; empty for a token's user
+
+    def get_id(self):
+        """Return the id the session keeps: it changes with the password."""
+        return self.session_id
+
+    def as_dict(self):
+        """Return the {id, name, role} the routes and events use."""
+        return {"id": self.uid, "name": self.name, "role": self.role}
+
+
+def init_auth(app):
+    """Attach Flask-Login and Flask-WTF's CSRF protection to ``app``."""
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # checked in access.check_access
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # a page's token lives with its session
+    # No Referer check on https: the token and the SameSite cookie are the defence, as before,
+    # and a proxy that drops the header would break every form.
+    app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
+    CSRFProtect(app)
+    manager = LoginManager(app)
+    # The session is bound to the password (get_id), not to the client's address or browser.
+    manager.session_protection = None
+    manager.user_loader(_load_session_user)
+    manager.request_loader(_load_token_user)
 
 
 def current_user():
@@ -41,34 +97,33 @@ def current_user():
     elif sid is not None:
         user = socket_user(s, sid)
     else:
-        user = _http_user(s)
+        who = login_user_proxy._get_current_object()
+        user = who.as_dict() if who.is_authenticated else None
     g.slotrun_user = user
     return user
 
 
 def signed_in_by_token():
     """Return True when this request came with an ``Authorization`` header (not a cookie)."""
-    return has_request_context() and g.get("slotrun_via") == "token"
+    return (has_request_context() and getattr(request, "sid", None) is None
+            and "Authorization" in request.headers)
 
 
-def _http_user(s):
-    header = request.headers.get("Authorization")
-    if header is not None:
-        g.slotrun_via = "token"
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return _public_user(s.accounts.user_for_token(token.strip()))
-    if "uid" not in session:
+def _load_session_user(session_id):
+    if "Authorization" in request.headers:
+        return None  # a bearer token wins over the cookie (see _load_token_user)
+    return session_user(get_slotrun(), session_id, session.get("since"))
+
+
+def _load_token_user(req):
+    header = req.headers.get("Authorization")
+    if header is None:
         return None
-    g.slotrun_via = "session"
-    return session_user(s, session)
-
-
-def _public_user(u):
-    if u is None:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
         return None
-    return {"id": u["id"], "name": u["name"], "role": u["role"]}
+    u = get_slotrun().accounts.user_for_token(token.strip())
+    return None if u is None else SignedIn(u["id"], u["name"], u["role"])
 
 
 def bearer_token(auth=None):
@@ -84,24 +139,26 @@ def bearer_token(auth=None):
 
 # -- sessions -------------------------------------------------------------------------------------
 
-def _fingerprint(key, password_hash):
-    """Return a keyed digest of a password hash: a password change ends older sessions."""
-    return hmac.new(key.encode(), password_hash.encode(), hashlib.sha256).hexdigest()[:32]
+def _session_id(s, row):
+    """Return "UID:DIGEST": a keyed digest of the password hash ends older sessions."""
+    digest = hmac.new(s.secret_key.encode(), row["password_hash"].encode(),
+                      hashlib.sha256).hexdigest()[:32]
+    return f"{row['id']}:{digest}"
 
 
-def session_user(s, sess):
-    """Return the user a session cookie (or a socket's copy of it) signs in, or None."""
-    uid = sess.get("uid")
-    since = sess.get("since")
-    if not isinstance(uid, int) or not isinstance(since, (int, float)):
+def session_user(s, session_id, since):
+    """Return the user a session (or a socket's copy of it) signs in, or None."""
+    if not isinstance(session_id, str) or not isinstance(since, (int, float)):
         return None
     if time.time() - since > SESSION_MAX_AGE:
         return None
-    row = s.accounts.db.get_user(user_id=uid)
-    if row is None or not hmac.compare_digest(
-            str(sess.get("pwh", "")), _fingerprint(s.secret_key, row["password_hash"])):
+    uid, _, _ = session_id.partition(":")
+    if not uid.isdigit() or len(uid) > 19:
         return None
-    return {"id": row["id"], "name": row["name"], "role": row["role"]}
+    row = s.accounts.db.get_user(user_id=int(uid))
+    if row is None or not hmac.compare_digest(session_id, _session_id(s, row)):
+        return None
+    return SignedIn(row["id"], row["name"], row["role"], session_id)
 
 
 def sign_in(user):
@@ -113,15 +170,16 @@ def sign_in(user):
     s = get_slotrun()
     row = s.accounts.db.get_user(user_id=user["id"])
     session.clear()
+    # Flask-WTF keeps this request's token in g: the new session must get a new one.
+    g.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
     session.permanent = True
-    session["uid"] = row["id"]
+    login_user(SignedIn(row["id"], row["name"], row["role"], _session_id(s, row)))
     session["since"] = time.time()
-    session["pwh"] = _fingerprint(s.secret_key, row["password_hash"])
-    session["csrf"] = secrets.token_urlsafe(32)
 
 
 def sign_out():
     """Forget this session."""
+    logout_user()
     session.clear()
 
 
@@ -138,28 +196,75 @@ class Sessions(SecureCookieSessionInterface):
 # -- CSRF -----------------------------------------------------------------------------------------
 
 def csrf_token():
-    """Return this session's CSRF token (created on first use)."""
-    token = session.get("csrf")
-    if not isinstance(token, str) or len(token) < 20:
-        token = session["csrf"] = secrets.token_urlsafe(32)
-    return token
-
-
-def _csrf_matches(sent):
-    expected = session.get("csrf")
-    return isinstance(sent, str) and bool(sent) and isinstance(expected, str) and \
-        hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode())
+    """Return this session's CSRF token for a page (created on first use)."""
+    return generate_csrf()
 
 
 def check_csrf():
     """Refuse (403) a state-changing browser request without this session's CSRF token."""
-    sent = request.headers.get("X-CSRFToken")
-    if sent is None and request.mimetype in ("application/x-www-form-urlencoded",
-                                             "multipart/form-data"):
-        sent = request.form.get("csrf_token")
-    if not _csrf_matches(sent):
+    try:
+        current_app.extensions["csrf"].protect()
+    except CSRFError:
         raise Forbidden("the CSRF token is missing or wrong: reload the page and try again "
-                        "(scripts: send Authorization: Bearer TOKEN instead of a cookie)")
+                        "(scripts: send Authorization: Bearer TOKEN instead of a cookie)") from None
+
+
+def _csrf_matches(sent):
+    try:
+        validate_csrf(sent)
+    except ValidationError:
+        return False
+    return True
+
+
+# -- login limits ---------------------------------------------------------------------------------
+
+def limit_sign_ins(app, refuse_login, refuse_setup, per_name, per_address, window):
+    """Count failed sign-ins on the login and set-up pages (Flask-Limiter, in memory).
+
+    A failure is counted only where the page says so (``sign_in_failed``), never for a
+    refused attempt; a success forgets the name's failures (``forget_name_failures``).
+    ``refuse_login(wait)`` / ``refuse_setup(wait)`` answer an attempt over the limit.
+    """
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://",
+                      strategy="moving-window")
+    app.extensions["slotrun_limiter"] = limiter
+    by_name = f"{per_name} per {window} second"
+    by_address = f"{per_address} per {window} second"
+
+    def failed(response):
+        return g.get("slotrun_sign_in_failed", False)
+
+    def refusal(refuse):
+        return lambda limit: refuse(max(1, math.ceil(limit.reset_at - time.time())))
+
+    login = app.view_functions["views.login"]
+    login = limiter.shared_limit(by_address, ADDRESS_SCOPE, methods=["POST"], deduct_when=failed,
+                                 on_breach=refusal(refuse_login))(login)
+    login = limiter.limit(by_name, key_func=_login_name, scope=NAME_SCOPE, methods=["POST"],
+                          deduct_when=failed, on_breach=refusal(refuse_login))(login)
+    app.view_functions["views.login"] = login
+    setup = app.view_functions["views.setup"]
+    app.view_functions["views.setup"] = limiter.shared_limit(
+        by_address, ADDRESS_SCOPE, deduct_when=failed, on_breach=refusal(refuse_setup))(setup)
+
+
+def _login_name():
+    name = request.form.get("name", "")
+    return (name[:64].strip().lower() if isinstance(name, str) else "") or "\0"
+
+
+def sign_in_failed():
+    """Count this request as a failed sign-in (a wrong password, a wrong set-up link)."""
+    g.slotrun_sign_in_failed = True
+
+
+def forget_name_failures():
+    """Forget the failed logins of this request's user name (after a successful login)."""
+    limiter = current_app.extensions["slotrun_limiter"]
+    for limit in limiter.current_limits:
+        if NAME_SCOPE in limit.request_args[-1]:
+            limiter.limiter.clear(limit.limit, *limit.request_args)
 
 
 # -- Socket.IO clients ----------------------------------------------------------------------------
@@ -194,16 +299,16 @@ def sign_in_socket(s, sid, auth):
     if websocket and not request.headers.get("Origin"):
         raise Unauthorized("a websocket without an Origin header must sign in with a token "
                            "(Authorization: Bearer TOKEN or auth={\"token\": TOKEN})")
-    user = session_user(s, session)
+    user = session_user(s, session.get("_user_id"), session.get("since"))
     if user is None:
         raise Unauthorized("sign in first: log in at /login, or connect with a token")
     sent = auth.get("csrf") if isinstance(auth, dict) else None
     if not _csrf_matches(sent):
         raise Unauthorized("a session's Socket.IO connection must send the page's CSRF token "
                            "as auth={\"csrf\": ...}")
-    _remember_socket(s, sid, {"via": "session", "uid": session.get("uid"),
-                              "since": session.get("since"), "pwh": session.get("pwh")})
-    g.slotrun_user = user
+    _remember_socket(s, sid, {"via": "session", "session_id": user.session_id,
+                              "since": session.get("since")})
+    g.slotrun_user = user.as_dict()
 
 
 def _remember_socket(s, sid, entry):
@@ -230,7 +335,8 @@ def socket_user(s, sid):
         if row is None:
             return None
         return {"id": row["user_id"], "name": row["user_name"], "role": row["role"]}
-    return session_user(s, entry)
+    user = session_user(s, entry["session_id"], entry["since"])
+    return None if user is None else user.as_dict()
 
 
 def recheck_sockets(s, match=None):

@@ -69,6 +69,8 @@ def register(app, page_context):
 
     @app.errorhandler(HTTPException)
     def _http_error(e):
+        if e.response is not None:
+            return e.response  # already answered (a login over its limit: views.login_refused)
         headers = {}
         if e.code == 405 and getattr(e, "valid_methods", None):
             methods = sorted(set(e.valid_methods))

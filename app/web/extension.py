@@ -3,7 +3,7 @@ pages and Socket.IO events share.
 
 It holds the settings, the workspace's engine runtime, the Socket.IO server, the web
 threads (emitter, log pusher, insight) and the sign-in state (accounts, the set-up link,
-login limits, the connected clients' sign-ins). ``get_slotrun()`` finds it from a request.
+the connected clients' sign-ins). ``get_slotrun()`` finds it from a request.
 """
 
 import getpass
@@ -14,14 +14,10 @@ from urllib.parse import quote
 
 from flask import current_app
 
-from ..accounts import Accounts, RateLimiter
+from ..accounts import Accounts
 from .runtime import release_runtime
 
 VERSION = "0.1.0"
-
-LOGIN_LIMIT_PER_NAME = 5  # failed logins per user name per window
-LOGIN_LIMIT_PER_ADDRESS = 20  # failed logins (any name) per client address per window
-LOGIN_WINDOW = 300  # seconds
 
 
 class Slotrun:
@@ -42,8 +38,6 @@ class Slotrun:
         self.auth = bool(settings.get("auth", True))
         self.secret_key = None
         self.local_user = {"id": None, "name": _os_user(), "role": "admin"}
-        self.login_by_name = RateLimiter(LOGIN_LIMIT_PER_NAME, LOGIN_WINDOW)
-        self.login_by_address = RateLimiter(LOGIN_LIMIT_PER_ADDRESS, LOGIN_WINDOW)
         self.setup_token = None  # the one-time first-admin link, while no user exists
         self.setup_lock = threading.Lock()
         self.sockets = {}  # sid -> how the client signed in (never the token itself)

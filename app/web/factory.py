@@ -15,12 +15,12 @@ from werkzeug.routing import IntegerConverter
 
 from .. import pattern_helper
 from .. import settings as settings_mod
-from ..accounts import RateLimiter
 from . import api, events, insight, results_api, sweep_pages, sweeps_api, views
 from . import errors as web_errors
 from .access import check_access, require_authorize
-from .auth import Sessions
-from .extension import LOGIN_LIMIT_PER_ADDRESS, LOGIN_LIMIT_PER_NAME, LOGIN_WINDOW, Slotrun
+from .auth import (LOGIN_LIMIT_PER_ADDRESS, LOGIN_LIMIT_PER_NAME, LOGIN_WINDOW, Sessions,
+                   init_auth, limit_sign_ins)
+from .extension import Slotrun
 from .redaction import install_log_redaction
 from .runtime import acquire_runtime
 from .secret_key import load_secret_key
@@ -79,12 +79,8 @@ def build_app(config=None):
     runtime = acquire_runtime(settings)
     slotrun = Slotrun(settings, runtime, socketio)
     slotrun.secret_key = app.config["SECRET_KEY"]
-    window = app.config.get("LOGIN_WINDOW", LOGIN_WINDOW)
-    slotrun.login_by_name = RateLimiter(app.config.get("LOGIN_LIMIT_PER_NAME",
-                                                       LOGIN_LIMIT_PER_NAME), window)
-    slotrun.login_by_address = RateLimiter(app.config.get("LOGIN_LIMIT_PER_ADDRESS",
-                                                          LOGIN_LIMIT_PER_ADDRESS), window)
     app.extensions["slotrun"] = slotrun
+    init_auth(app)
     if slotrun.auth and not slotrun.accounts.has_users():
         slotrun.setup_token = secrets.token_urlsafe(24)
         if app.config.get("ANNOUNCE_SETUP", not app.testing):
@@ -126,6 +122,11 @@ def build_app(config=None):
         _security_headers(response)
         return require_authorize(response)
 
+    # After the hooks above, so that a stranger or a missing CSRF token is refused first.
+    limit_sign_ins(app, views.login_refused, views.setup_refused,
+                   per_name=app.config.get("LOGIN_LIMIT_PER_NAME", LOGIN_LIMIT_PER_NAME),
+                   per_address=app.config.get("LOGIN_LIMIT_PER_ADDRESS", LOGIN_LIMIT_PER_ADDRESS),
+                   window=app.config.get("LOGIN_WINDOW", LOGIN_WINDOW))
     return app
 
 

@@ -5,13 +5,14 @@ import hmac
 import logging
 import time
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
 
 from ..accounts import ROLES, can
 from ..errors import Conflict, NotFound, SlotrunError
 from ..task import ACTIVE_STATES, FINAL_STATES, RETRYABLE_STATES, STATES
 from .access import authorize, public
-from .auth import csrf_token, current_user, recheck_sockets, safe_next, sign_in, sign_out
+from .auth import (csrf_token, current_user, forget_name_failures, recheck_sockets, safe_next,
+                   sign_in, sign_in_failed, sign_out)
 from .errors import error_response, wants_json
 from .events import LOG_TAIL_LINES
 from .extension import VERSION, get_slotrun
@@ -119,26 +120,30 @@ def login():
     name = _form("name", 64).strip()
     password = _form("password")
     address = request.remote_addr or "?"
-    wait = max(s.login_by_name.retry_after(name.lower()), s.login_by_address.retry_after(address))
-    if wait:
-        log.warning("login refused for %r from %s: too many failed attempts", name[:64], address)
-        message = f"too many failed logins: try again in {wait} s"
-        if wants_json():
-            return error_response(429, message, {"Retry-After": str(wait)})
-        body, status, headers = _page("login.html", 429, next=target, name=name, error=message,
-                                      setup=False)
-        return body, status, {**headers, "Retry-After": str(wait)}
     user = s.accounts.authenticate(name, password) if name and password else None
     if user is None:
-        s.login_by_name.fail(name.lower())
-        s.login_by_address.fail(address)
+        sign_in_failed()
         log.info("failed login for %r from %s", name[:64], address)
         return _page("login.html", 401, next=target, name=name,
                      error="wrong user name or password", setup=not s.accounts.has_users())
-    s.login_by_name.reset(name.lower())
+    forget_name_failures()
     sign_in(user)
     log.info("%s signed in from %s", user["name"], address)
     return redirect(target, 303)
+
+
+def login_refused(wait):
+    """Answer a login over the limit of failed attempts (429, Retry-After ``wait`` s)."""
+    name = _form("name", 64).strip()
+    log.warning("login refused for %r from %s: too many failed attempts", name[:64],
+                request.remote_addr or "?")
+    message = f"too many failed logins: try again in {wait} s"
+    if wants_json():
+        return error_response(429, message, {"Retry-After": str(wait)})
+    target = safe_next(request.values.get("next") or "/")
+    body, status, headers = _page("login.html", 429, next=target, name=name, error=message,
+                                  setup=False)
+    return make_response(body, status, {**headers, "Retry-After": str(wait)})
 
 
 @bp.post("/logout")
@@ -161,12 +166,9 @@ def setup():
                        "on the Users page or with python -m app users add NAME)")
     given = request.values.get("token", "")
     address = request.remote_addr or "?"
-    wait = s.login_by_address.retry_after(address)
-    if wait:
-        raise SlotrunError(f"too many failed attempts: try again in {wait} s", status=429)
     if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "replace"),
                                                              s.setup_token.encode()):
-        s.login_by_address.fail(address)
+        sign_in_failed()
         return _page("setup.html", 403, token="", name="", error=(
             "this set-up link is not valid: use the link printed on the server's console "
             "(a restarted server prints a new one)"), valid=False)
@@ -192,6 +194,12 @@ def setup():
     sign_in(user)
     log.info("first admin %s created from %s", user["name"], address)
     return redirect(url_for("views.index"), 303)
+
+
+def setup_refused(wait):
+    """Answer a set-up attempt over the limit of failed attempts from one address (429)."""
+    return error_response(429, f"too many failed attempts: try again in {wait} s",
+                          {"Retry-After": str(wait)})
 
 
 # -- one's own account: API tokens and password ---------------------------------------------------
