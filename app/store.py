@@ -11,7 +11,7 @@ import time
 from importlib import resources
 
 from .errors import Conflict, NotFound
-from .task import ACTIVE_STATES, FINAL_STATES, QUEUED, RUNNING, STATES
+from .task import FINAL_STATES, QUEUED, RUNNING, STATES
 
 TASK_COLUMNS = ("id, batch_id, owner, config, state, priority, seq, devices, memory, device, slot, "
                 "attempts, queued_at, started_at, finished_at, exit_code, message, argv")
@@ -336,13 +336,6 @@ class Store:
         d["argv"] = json.loads(d["argv"])
         return d
 
-    def active_task_ids(self, batch_id):
-        """Return the ids of a batch's queued and running tasks."""
-        marks = ",".join("?" * len(ACTIVE_STATES))
-        return [r[0] for r in self._conn().execute(
-            f"SELECT id FROM tasks WHERE batch_id=? AND state IN ({marks})",
-            [batch_id, *ACTIVE_STATES])]
-
     def recent_peaks(self, limit=5000):
         """Return (config, peak GPU memory) of the latest succeeded attempts that recorded one."""
         return [(r[0], r[1]) for r in self._conn().execute(
@@ -510,8 +503,3 @@ class _Tx:
         else:
             self.conn.execute("ROLLBACK")
         return False
-
-
-def valid_state(state):
-    """Return True for a known task state."""
-    return state in STATES

@@ -78,7 +78,6 @@ export function connect() {
   };
   if (bootstrap().socket_auth) options.auth = bootstrap().socket_auth;
   socket = window.io(options);
-  window.slotrunSocket = socket; // handy for debugging from the console
   for (const event of handlers.keys()) socket.on(event, (data) => dispatch(event, data));
   socket.on("connect", () => {
     setBadge("live");
