@@ -214,6 +214,22 @@ def test_login_attempts_are_limited_per_name_and_per_address(make_app, caplog):
     assert secret not in caplog.text and "pw-mia-123" not in caplog.text
 
 
+def test_a_successful_login_forgets_the_names_failures_but_not_the_addresses(make_app):
+    app = make_app(LOGIN_LIMIT_PER_NAME=3, LOGIN_LIMIT_PER_ADDRESS=5)
+    app.extensions["slotrun"].accounts.add_user("mia", "member", "pw-mia-123")
+    c = app.test_client()
+    for _ in range(2):
+        assert login(c, "mia", "wrong-password").status_code == 401
+    assert login(c, "mia").status_code == 303
+    c = app.test_client()
+    for _ in range(2):  # 2 + 2 failures: over the name's 3 had the success not reset it
+        assert login(c, "mia", "wrong-password").status_code == 401
+    # The address still counts all 4 failures (the success does not reset it): one more ...
+    assert login(c, "otto", "wrong-password").status_code == 401
+    r = login(c, "mia")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
 def test_tokens_role_changes_and_password_changes_apply_at_once(app):
     s = app.extensions["slotrun"]
     acc = s.accounts
