@@ -243,6 +243,8 @@ class Engine:
             raise
         self._publish_usage()
         self._thread = threading.Thread(target=self._loop, name="slotrun-scheduler", daemon=True)
+        # Work queued before a restart starts now, not at the first command or task exit.
+        self._q.put(("wake",))
         self._thread.start()
         if self.monitor is not None:
             self.monitor.poke()
@@ -441,6 +443,7 @@ class Engine:
                     self._interrupt_own()
         elif kind == "memory":
             self._observe(item[1])
+        # "wake": nothing to handle; the loop dispatches after every item
 
     def _finish_stop(self):
         kill, since = self._stopping

@@ -279,3 +279,21 @@ def test_priority_reorders_one_owners_queue(workspace):
             eng.set_priority(999, 1)
     finally:
         eng.stop()
+
+
+def test_work_queued_before_a_restart_starts_without_a_command(workspace):
+    """CPU mode (no memory sampler to wake the loop): the restarted engine starts the queue
+    on its own, not at the first command that happens to arrive."""
+    eng, store = make_engine(workspace)
+    eng.set_paused(True)  # the pause lives in memory: the next engine starts unpaused
+    b = eng.submit(["configs/exp-1/exp-1-1.yaml", "configs/exp-1/exp-1-2.yaml"], "ann",
+                   use_gpu=False)
+    eng.stop()
+    ids = [t["id"] for t in b["tasks"]]
+    assert [store.get_task(i)["state"] for i in ids] == ["queued", "queued"]
+    eng, store = make_engine(workspace)
+    try:
+        wait_for(lambda: done(store, ids), timeout=20)
+        assert [store.get_task(i)["state"] for i in ids] == ["succeeded", "succeeded"]
+    finally:
+        eng.stop()
