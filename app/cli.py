@@ -15,6 +15,11 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m app", description="slotrun: run simulation "
                                 "tasks on per-GPU slots, with a live web dashboard.")
+    from .migrations import LATEST
+    from .version import __version__
+
+    p.add_argument("--version", action="version",
+                   version=f"slotrun {__version__} (database schema {LATEST})")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.add_parser("multi-run", help="run configs headless (the same options as multi-run.py)",
                    add_help=False)

@@ -1,6 +1,8 @@
-"""The durable queue: every SQL statement of slotrun lives in this module.
+"""The durable queue: every SQL statement of slotrun lives in this module (and the schema's
+migrations in ``app/migrations.py``).
 
-SQLite in WAL mode; one connection per thread; every write is one transaction.
+SQLite in WAL mode; one connection per thread; every write is one transaction. Opening a
+``Store`` brings the database to the current schema version first (see app/migrations.py).
 """
 
 import json
@@ -8,8 +10,8 @@ import os
 import sqlite3
 import threading
 import time
-from importlib import resources
 
+from . import migrations
 from .errors import Conflict, NotFound
 from .task import FINAL_STATES, QUEUED, RUNNING, STATES
 
@@ -57,26 +59,34 @@ def _batch(row):
 class Store:
     """The SQLite state of one workspace."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=30.0):
+        """Open (or create) the database at ``path``, upgrading its schema first.
+
+        Raises SlotrunError when the database is from a newer slotrun, or cannot be
+        upgraded; ``self.upgrade`` says what was done (versions, backup copy).
+        """
         self.path = path
+        self.timeout = float(timeout)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._local = threading.local()
-        schema = resources.files("app").joinpath("schema.sql").read_text(encoding="utf-8")
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(schema)
+        self.upgrade = migrations.upgrade(path, timeout=self.timeout)
+        self._conn().execute("PRAGMA journal_mode=WAL")
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             self._local.conn = conn
         return conn
+
+    def schema_version(self):
+        """Return the database's schema version (``PRAGMA user_version``)."""
+        return migrations.schema_version(self._conn())
 
     def _write(self):
         return _Tx(self._conn())
@@ -87,19 +97,6 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-    # -- meta ---------------------------------------------------------------------------
-
-    def get_meta(self, key, default=None):
-        """Return a stored meta value."""
-        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else default
-
-    def set_meta(self, key, value):
-        """Store a meta value."""
-        with self._write() as c:
-            c.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
-                      "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, str(value)))
 
     # -- batches and tasks ----------------------------------------------------------------
 

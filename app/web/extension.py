@@ -15,9 +15,10 @@ from urllib.parse import quote
 from flask import current_app
 
 from ..accounts import Accounts
+from ..version import __version__
 from .runtime import release_runtime
 
-VERSION = "0.1.0"
+VERSION = __version__  # for the pages and the API; the one number is app/version.py
 
 
 class Slotrun:

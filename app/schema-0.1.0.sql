@@ -1,4 +1,6 @@
--- slotrun's durable state. One engine writes; readers use their own connections (WAL).
+-- The tables of slotrun 0.1.0, exactly as that release created them: migration 1 in
+-- app/migrations.py. Never edit this file; change the schema with a new migration there.
+-- (One engine writes; readers use their own connections (WAL).)
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
