@@ -100,6 +100,26 @@ SETTINGS = (
     Setting("results_minimize", "loss,error,err,mse,mae,rmse,time,seconds,duration,cost,regret,"
             "latency", "Comma-separated words: a metric whose name holds one is best when lowest "
             "in the results table; any other metric is best when highest."),
+    Setting("public_url", "", "The dashboard's address as users reach it, for links in "
+            "notifications (e.g. https://lab-gpu.example.org); empty: http://HOST:PORT."),
+    Setting("notify_webhook", "", "Server-wide webhook URL (Slack, Mattermost, Discord's /slack "
+            "URL) told of every finished batch, failed task and self-paused queue; a lab channel."),
+    Setting("notify_webhook_hosts", "", "Comma-separated hosts users' webhooks may call: names "
+            "(hooks.slack.com, *.example.org), addresses or networks (10.0.0.0/8), private ones "
+            "included. Empty: any host whose addresses are all public."),
+    Setting("notify_timeout", 5.0, "Seconds one notification delivery (webhook or e-mail) may "
+            "take before it is abandoned.", float),
+    Setting("notify_retries", 2, "Retries of a notification that failed for a reason that may "
+            "pass (no answer, 429, 5xx), after 1, 3 and 9 s (at most 3).", int),
+    Setting("notify_queue_size", 1000, "Notifications waiting to be sent at most; beyond that new "
+            "ones are dropped with a log line.", int),
+    Setting("smtp_host", "", "Mail server for e-mail notifications; empty: no e-mail."),
+    Setting("smtp_port", 587, "Port of the mail server.", int),
+    Setting("smtp_security", "starttls", "starttls, ssl (implicit TLS, port 465) or none."),
+    Setting("smtp_user", "", "User name at the mail server (empty: no login)."),
+    Setting("smtp_password", "", "Password at the mail server (prefer SLOTRUN_SMTP_PASSWORD to "
+            "writing it in slotrun.yaml)."),
+    Setting("smtp_from", "", "Sender address of notification e-mails (default slotrun@HOST)."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

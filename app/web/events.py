@@ -117,8 +117,12 @@ def queue_payload(slotrun):
     counts = {s: 0 for s in STATES}
     counts.update(slotrun.store.state_counts())
     engine = slotrun.runtime.engine
-    return {"paused": bool(engine and engine.paused), "counts": counts,
-            "total": sum(counts.values())}
+    out = {"paused": bool(engine and engine.paused), "counts": counts,
+           "total": sum(counts.values())}
+    reason = getattr(engine, "pause_reason", None) if engine is not None else None
+    if out["paused"] and reason:
+        out["reason"] = reason  # the engine paused itself (a persistent fault): why
+    return out
 
 
 # -- the emitter ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 
 from ..devices import open_inventory
 from ..executors.ray_inventory import make_inventory, watch_nodes
+from ..notify import Notifier
 from ..paths import state_db
 from ..scheduler import Engine
 from ..store import Store
@@ -35,6 +36,7 @@ class Runtime:
             self.inventory = open_inventory(settings.get("fake_gpus") or None)
         self.node_watcher = None
         self.engine = None
+        self.notifier = None
         self.started_at = None
         self.users = 0
         self._listeners = []
@@ -61,8 +63,18 @@ class Runtime:
             return self.engine
         with self._lock:
             if self.engine is None:
+                # Told of every engine event; sends from its own threads, never the engine's.
+                notifier = Notifier(self.settings, self.store).start()
+                self.notifier = notifier
+                self._listeners = self._listeners + [notifier.publish]  # (the lock is held)
                 engine = Engine(self.settings, self.store, self.inventory, publish=self.publish)
-                engine.start()
+                try:
+                    engine.start()
+                except BaseException:
+                    self._listeners = [f for f in self._listeners if f is not notifier.publish]
+                    notifier.stop()
+                    self.notifier = None
+                    raise
                 if self.settings.get("executor", "local") == "ray":
                     # nodes joining or leaving the cluster appear / disappear live
                     self.node_watcher = watch_nodes(engine, self.inventory,
@@ -77,10 +89,14 @@ class Runtime:
         with self._lock:
             engine, self.engine = self.engine, None
             watcher, self.node_watcher = self.node_watcher, None
+            notifier, self.notifier = self.notifier, None
         if watcher is not None:
             watcher.stop()
         if engine is not None:
             engine.stop(kill_tasks=False)
+        if notifier is not None:
+            self.remove_listener(notifier.publish)
+            notifier.stop()
         try:
             self.inventory.close()
         except Exception:  # noqa: BLE001 - closing a driver must not stop the shutdown
