@@ -46,3 +46,25 @@ def read_from(path, offset, max_bytes):
         if 0 <= cut < len(data) - 1:
             data = data[cut + 1:]
     return data, size, truncated
+
+
+LAST_LINE_BYTES = 4096  # bytes read from a log's end to find its last line
+LAST_LINE_CHARS = 300  # longest last line returned
+
+
+def last_line(path, max_bytes=LAST_LINE_BYTES, max_chars=LAST_LINE_CHARS):
+    """Return the last non-empty line of a log (a carriage return also ends a line), or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except OSError:
+        return None
+    text = data.decode("utf-8", "replace").replace("\r", "\n")
+    for line in reversed(text.split("\n")):
+        line = line.strip()
+        if line:
+            return line[:max_chars]
+    return None

@@ -24,6 +24,7 @@ from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import LaunchSpec
 from .logs import LOG_NAME
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
+from .selection import applies_to, plan_bulk
 from .settings import format_size, parse_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
                    SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, need_of, order_key,
@@ -366,6 +367,12 @@ class Engine:
     def retry(self, task_id):
         """Queue a failed, cancelled or interrupted task again; return its row."""
         return self.call(self._retry, int(task_id))
+
+    def bulk(self, action, selection, only_owner=None):
+        """Cancel or retry every task a ``TaskFilter`` selects (only ``only_owner``'s when
+        given); return the figures of what was done (``BulkPlan.summary``)."""
+        applies_to(action)  # an unknown action is refused before it is queued
+        return self.call(self._bulk, action, selection, only_owner, timeout=300)
 
     def set_slots(self, device, slots):
         """Set a device's slot limit (effective for the next start); return the usage."""
@@ -833,6 +840,27 @@ class Engine:
         for tid in queued:
             self._emit_task(tid)
         return {"cancelled": len(queued), "stopping": len(running)}
+
+    def _bulk(self, action, selection, only_owner):
+        # Decided here, on the engine's thread, from one consistent look at the store.
+        plan = plan_bulk(action, self.store.select_tasks(selection), only_owner)
+        if action == "cancel":
+            queued = []
+            for tid in plan.ids:
+                if tid in self.running:
+                    self._stop_running(self.running[tid], "cancel")
+                else:
+                    self._dequeue(tid)
+                    queued.append(tid)
+            self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
+            for t in self.store.get_tasks(queued):
+                self._emit(t)
+        else:
+            for t in self.store.requeue_many(plan.ids):
+                self._note_batch(t["batch_id"], own=True)
+                self._enqueue(t)
+                self._emit(t)
+        return plan.summary()
 
     def _stop_running(self, r, reason):
         if not r.stop_reason:

@@ -46,6 +46,26 @@ def _task(row):
     return d
 
 
+def _where(batch_id=None, state=None, owner=None, search=None):
+    """Return (" WHERE ...", args) of a task selection (an empty clause selects all)."""
+    where, args = [], []
+    if batch_id is not None:
+        where.append("batch_id=?")
+        args.append(batch_id)
+    if state is not None:
+        where.append("state=?")
+        args.append(state)
+    if owner is not None:
+        where.append("owner=?")
+        args.append(owner)
+    if search:
+        # A substring, not a pattern: the user's % and _ match themselves.
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("config LIKE ? ESCAPE '\\'")
+        args.append(f"%{escaped}%")
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
 def _batch(row):
     if row is None:
         return None
@@ -173,8 +193,11 @@ class Store:
             b["counts"] = counts.get(b["id"], {})
         return rows
 
-    def count_batches(self):
-        """Return the number of batches."""
+    def count_batches(self, owner=None):
+        """Return the number of batches (of one owner)."""
+        if owner:
+            return self._conn().execute("SELECT COUNT(*) FROM batches WHERE owner=?",
+                                        (owner,)).fetchone()[0]
         return self._conn().execute("SELECT COUNT(*) FROM batches").fetchone()[0]
 
     def get_task(self, task_id, with_text=False):
@@ -186,8 +209,9 @@ class Store:
         return _task(row)
 
     def list_tasks(self, batch_id=None, state=None, limit=50, offset=0, newest_first=True,
-                   sort="id", order=None):
-        """Return (tasks, total) filtered by batch and state, ordered by ``sort`` then id.
+                   sort="id", order=None, owner=None, search=None):
+        """Return (tasks, total) filtered by batch, state, owner and a config-path substring
+        (``search``, case-insensitive), ordered by ``sort`` then id.
 
         ``sort`` is one of TASK_SORTS; ``order`` "asc" or "desc" (None: by ``newest_first``).
         Tasks without a value for the sort key (not started yet) come last either way.
@@ -198,14 +222,7 @@ class Store:
             order = "desc" if newest_first else "asc"
         if order not in ("asc", "desc"):
             raise ValueError(f"unknown order {order!r}; valid: asc, desc")
-        where, args = [], []
-        if batch_id is not None:
-            where.append("batch_id=?")
-            args.append(batch_id)
-        if state is not None:
-            where.append("state=?")
-            args.append(state)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, args = _where(batch_id, state, owner, search)
         direction = order.upper()
         keys, key_args = [], []
         now = time.time()  # a running task's duration counts up to now
@@ -230,6 +247,38 @@ class Store:
                 args + key_args + [limit, offset] + key_args).fetchall()
         total = conn.execute(f"SELECT COUNT(*) FROM tasks{clause}", args).fetchone()[0]
         return [_task(r) for r in rows], total
+
+    def select_tasks(self, selection):
+        """Return (id, owner, state) of every task a ``TaskFilter`` selects, oldest first."""
+        clause, args = _where(selection.batch, selection.state, selection.owner, selection.search)
+        return [tuple(r) for r in self._conn().execute(
+            f"SELECT id, owner, state FROM tasks{clause} ORDER BY id", args)]
+
+    def get_tasks(self, task_ids):
+        """Return the tasks with these ids (in id order; unknown ids are left out)."""
+        out = []
+        ids = sorted(set(task_ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out += [_task(r) for r in self._conn().execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY id", chunk)]
+        return out
+
+    def latest_run_dirs(self, task_ids):
+        """Return {task id: run folder of its latest attempt} for the tasks that started."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r[0]: r[1] for r in self._conn().execute(
+            f"SELECT a.task_id, a.run_dir FROM attempts a JOIN tasks t ON t.id=a.task_id "
+            f"AND a.number=t.attempts WHERE a.task_id IN ({marks})", ids)}
+
+    def owners(self):
+        """Return [(owner, batches, tasks)] of everyone who submitted work, by name."""
+        return [tuple(r) for r in self._conn().execute(
+            "SELECT owner, COUNT(*), SUM(total) FROM batches GROUP BY owner ORDER BY owner")]
 
     def batch_finished_at(self, batch_id):
         """Return when the batch's last task ended (None if none has an end time)."""
@@ -299,6 +348,20 @@ class Store:
                       "started_at=NULL, finished_at=NULL, exit_code=NULL, message=NULL WHERE id=?",
                       (QUEUED, seq, time.time(), task_id))
         return self.get_task(task_id)
+
+    def requeue_many(self, task_ids):
+        """Put finished tasks back at the end of the queue, in id order, in one transaction;
+        return their rows."""
+        ids = sorted(set(task_ids))
+        if not ids:
+            return []
+        now = time.time()
+        with self._write() as c:
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
+            c.executemany("UPDATE tasks SET state=?, seq=?, queued_at=?, device=NULL, slot=NULL, "
+                          "started_at=NULL, finished_at=NULL, exit_code=NULL, message=NULL "
+                          "WHERE id=?", [(QUEUED, seq + i + 1, now, t) for i, t in enumerate(ids)])
+        return self.get_tasks(ids)
 
     def set_batch_priority(self, batch_id, priority):
         """Change a batch's priority and that of its tasks."""

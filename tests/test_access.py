@@ -47,6 +47,9 @@ MATRIX = {
     ("api.batch_priority", "PATCH"): ADMIN,
     ("api.batch_zip", "GET"): READ,
     ("api.task_list", "GET"): READ,
+    ("api.tasks_cancel", "POST"): SUBMIT,  # a member's acts on their own tasks only
+    ("api.tasks_retry", "POST"): SUBMIT,
+    ("api.owners", "GET"): READ,
     ("api.task_get", "GET"): READ,
     ("api.task_cancel", "POST"): OWN,
     ("api.task_retry", "POST"): OWN,
@@ -125,6 +128,8 @@ BODIES = {
     "sweeps_api.sweep_create": {"base": "configs/exp-1/exp-1-1.yaml", "folder": "matrix",
                                 "params": {"model_params.radius": [5]}},
     "api.batch_priority": {"priority": 5},
+    "api.tasks_cancel": {"dry_run": True},
+    "api.tasks_retry": {"dry_run": True},
     "views.login": {"name": "nobody", "password": "wrong-password"},
     "views.token_create": {"label": "matrix"},
     "views.password_change": {"current": "wrong", "password": "x" * 8, "password2": "x" * 8},

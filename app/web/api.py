@@ -11,6 +11,7 @@ import re
 import shlex
 import stat
 import sys
+import threading
 import time
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
@@ -18,8 +19,10 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from .. import configs as configs_mod
 from .. import pattern_helper
 from ..errors import NotFound, SlotrunError
-from ..logs import LOG_NAME, read_from, tail_bytes
+from ..accounts import can
+from ..logs import LOG_NAME, last_line, read_from, tail_bytes
 from ..scheduler import check_template
+from ..selection import TaskFilter, plan_bulk
 from ..settings import parse_size
 from ..store import TASK_SORTS
 from ..task import ANY_GPU, FINAL_STATES, RETRYABLE_STATES, STATES, device_kind
@@ -27,6 +30,7 @@ from ..zipstream import ZIP_CHUNK, stream_zip, walk_regular_files
 from .access import authorize
 from .auth import current_user
 from .extension import VERSION, get_slotrun
+from .summary import queue_payload
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger(__name__)
@@ -251,14 +255,13 @@ def status():
     authorize("status.read")
     s = get_slotrun()
     engine = s.engine
-    counts = {st: 0 for st in STATES}
-    counts.update(s.store.state_counts())
+    summary = queue_payload(s)
     inv = s.runtime.inventory
     user = current_user()
     return jsonify(
-        counts=counts, total=sum(counts.values()), batches=s.store.count_batches(),
-        paused=engine.paused, user=user["name"], role=user["role"], auth=s.auth,
-        server_time=time.time(),
+        counts=summary["counts"], total=summary["total"], batches=s.store.count_batches(),
+        paused=engine.paused, slots=summary["slots"], user=user["name"], role=user["role"],
+        auth=s.auth, server_time=time.time(),
         engine={
             "running": s.runtime.engine is not None, "pid": os.getpid(),
             "started_at": s.runtime.started_at, "executor": s.settings.get("executor", "local"),
@@ -405,8 +408,11 @@ def batch_list():
     authorize("batch.read")
     s = get_slotrun()
     page, per_page = _paging()
-    rows = s.store.list_batches(limit=per_page, offset=(page - 1) * per_page)
-    total = s.store.count_batches()
+    owner = request.args.get("owner") or None
+    if owner is not None and len(owner) > 64:
+        raise SlotrunError("owner must be a user name of 1 to 64 characters")
+    rows = s.store.list_batches(limit=per_page, offset=(page - 1) * per_page, owner=owner)
+    total = s.store.count_batches(owner)
     usage = s.engine.usage()
     return jsonify(batches=[batch_json(b, usage, s.store) for b in rows], total=total,
                    page=page, per_page=per_page, pages=max(1, math.ceil(total / per_page)))
@@ -482,22 +488,92 @@ def batch_zip(batch_id):
 
 # -- tasks ----------------------------------------------------------------------------------------
 
+def _filter_args():
+    """Return the TaskFilter of the query (batch, state, owner, q); an unknown batch is a 404."""
+    batch = _int_arg("batch", None, 1, 2**63 - 1)
+    selection = TaskFilter(batch=batch, state=_state_arg(),
+                           owner=request.args.get("owner") or None,
+                           search=request.args.get("q") or None)
+    if batch is not None:
+        get_slotrun().store.get_batch(batch)  # an unknown batch is a 404, not an empty list
+    return selection
+
+
+def with_last_lines(store, tasks):
+    """Return the tasks as JSON, each with ``last_line``: the last line of its latest log."""
+    dirs = store.latest_run_dirs([t["id"] for t in tasks if t.get("attempts")])
+    out = []
+    for t in tasks:
+        item = task_json(t)
+        run_dir = dirs.get(t["id"])
+        item["last_line"] = last_line(os.path.join(run_dir, LOG_NAME)) if run_dir else None
+        out.append(item)
+    return out
+
+
 @bp.get("/tasks")
 def task_list():
-    """List tasks (newest first, or sorted), filtered by batch and state, a page at a time."""
+    """List tasks (newest first, or sorted), filtered by batch, state, owner and a text in
+    the config path (q), a page at a time."""
     authorize("task.read")
     s = get_slotrun()
     page, per_page = _paging()
-    state = _state_arg()
     sort, order = _sort_args()
-    batch = _int_arg("batch", None, 1, 2**63 - 1)
-    if batch is not None:
-        s.store.get_batch(batch)  # an unknown batch is a 404, not an empty list
-    tasks, total = s.store.list_tasks(batch_id=batch, state=state, limit=per_page,
+    f = _filter_args()
+    tasks, total = s.store.list_tasks(batch_id=f.batch, state=f.state, owner=f.owner,
+                                      search=f.search, limit=per_page,
                                       offset=(page - 1) * per_page, sort=sort, order=order)
-    return jsonify(tasks=[task_json(t) for t in tasks], total=total, page=page,
+    return jsonify(tasks=with_last_lines(s.store, tasks), total=total, page=page,
                    per_page=per_page, pages=max(1, math.ceil(total / per_page)), sort=sort,
                    order=order)
+
+
+BULK_FIELDS = {
+    "batch": ((int, type(None)), None),
+    "state": ((str, type(None)), None),
+    "owner": ((str, type(None)), None),
+    "q": ((str, type(None)), None),
+    "dry_run": (bool, False),
+}
+
+
+def _bulk(action):
+    """Cancel or retry every task a filter selects; a member's acts on their own tasks only."""
+    s = get_slotrun()
+    user = current_user()
+    # Allowed to whoever may act on their own tasks; ownership then applies task by task.
+    authorize(f"task.{action}", {"owner": user["name"] if user else None})
+    body = _check_fields(_json_body(), BULK_FIELDS)
+    if body["batch"] is not None:
+        _in_range("batch", body["batch"], 1, 2**63 - 1)
+        s.store.get_batch(body["batch"])
+    selection = TaskFilter(batch=body["batch"], state=body["state"] or None,
+                           owner=body["owner"] or None, search=body["q"] or None)
+    only_owner = None if can(user, action, None) else user["name"]
+    if body["dry_run"]:
+        plan = plan_bulk(action, s.store.select_tasks(selection), only_owner)
+        return jsonify(**plan.summary(), dry_run=True)
+    return jsonify(**s.engine.bulk(action, selection, only_owner), dry_run=False)
+
+
+@bp.post("/tasks/cancel")
+def tasks_cancel():
+    """Cancel every queued and running task a filter selects (dry_run: only count them)."""
+    return _bulk("cancel")
+
+
+@bp.post("/tasks/retry")
+def tasks_retry():
+    """Queue again every failed, cancelled or interrupted task a filter selects."""
+    return _bulk("retry")
+
+
+@bp.get("/owners")
+def owners():
+    """List everyone who submitted work, with their number of batches and tasks."""
+    authorize("task.read")
+    return jsonify(owners=[{"name": n, "batches": b, "tasks": t}
+                           for n, b, t in get_slotrun().store.owners()])
 
 
 def _task(task_id, action, with_text=False):
@@ -524,6 +600,8 @@ def task_get(task_id):
         retryable=t["state"] in RETRYABLE_STATES,
         cancellable=t["state"] in ("queued", "running"),
     )
+    run_dir = s.store.latest_run_dirs([task_id]).get(task_id)
+    out["last_line"] = last_line(os.path.join(run_dir, LOG_NAME)) if run_dir else None
     engine = s.engine
     if t["state"] == "running" and hasattr(engine, "task_memory_now"):
         now, peak = engine.task_memory_now(task_id)
@@ -538,10 +616,42 @@ def _display_command(argv):
 
 @bp.post("/tasks/<id:task_id>/cancel")
 def task_cancel(task_id):
-    """Cancel a queued or running task."""
+    """Cancel a queued or running task; answer it once it has stopped."""
     t = _task(task_id, "task.cancel")
     _json_body(required=False)
-    return jsonify(task_json(get_slotrun().engine.cancel_task(t["id"])))
+    return jsonify(task_json(cancel_and_wait(get_slotrun(), t["id"])))
+
+
+def cancel_and_wait(slotrun, task_id):
+    """Cancel a task and return its row once it ended (a running task is given its
+    kill_grace, then SIGKILL, to stop; the row is returned as it is after that)."""
+    ended = threading.Event()
+    final = {}
+
+    def listen(event, payload):
+        """Note the task's end (called on the engine's thread: never blocks)."""
+        if event == "task" and payload.get("id") == task_id \
+                and payload.get("state") in FINAL_STATES:
+            final["row"] = payload
+            ended.set()
+
+    slotrun.runtime.add_listener(listen)
+    try:
+        row = slotrun.engine.cancel_task(task_id)
+        if row["state"] not in FINAL_STATES:
+            ended.wait(float(slotrun.settings["kill_grace"]) + 2)
+            row = final.get("row", row)
+            if ended.is_set():
+                # The engine announces an end before writing it down: a command through its
+                # queue runs once it is written, so a GET right after this answer agrees.
+                slotrun.engine.call(_written)
+    finally:
+        slotrun.runtime.remove_listener(listen)
+    return row
+
+
+def _written():
+    """Do nothing, on the engine's thread (after it wrote down the ends it announced)."""
 
 
 @bp.post("/tasks/<id:task_id>/retry")

@@ -18,10 +18,10 @@ from flask_socketio import ConnectionRefusedError, emit
 
 from ..errors import SlotrunError
 from ..logs import LOG_NAME, read_from
-from ..task import STATES
 from .access import authorize
 from .api import batch_json, device_list, task_json
 from .auth import forget_socket, recheck_sockets, sign_in_socket
+from .summary import queue_payload
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +110,6 @@ def _lines_arg(data):
     if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_TAIL_LINES:
         raise SlotrunError(f"lines must be a whole number from 1 to {MAX_TAIL_LINES}")
     return lines
-
-
-def queue_payload(slotrun):
-    """Return the "queue" event: paused, counts per state and total."""
-    counts = {s: 0 for s in STATES}
-    counts.update(slotrun.store.state_counts())
-    engine = slotrun.runtime.engine
-    out = {"paused": bool(engine and engine.paused), "counts": counts,
-           "total": sum(counts.values())}
-    reason = getattr(engine, "pause_reason", None) if engine is not None else None
-    if out["paused"] and reason:
-        out["reason"] = reason  # the engine paused itself (a persistent fault): why
-    return out
 
 
 # -- the emitter ----------------------------------------------------------------------------------
@@ -253,13 +240,16 @@ class Emitter:
             self.dirty_batches = set()
             self.queue_now = self.counts_dirty = True
             self.last_summary = now
-        if self.queue_now:  # a pause / resume is shown at once; counts ride along
-            self._emit("queue", queue_payload(s))
-            self.queue_now = self.counts_dirty = False
-        if self.slots is not None and now - self.last_slots >= self.SLOTS_INTERVAL:
-            self._emit("slots", self.slots)
+        slots_due = self.slots is not None and now - self.last_slots >= self.SLOTS_INTERVAL
+        if slots_due:
+            # The devices' pips and the summary tiles move together: one usage, one flush.
+            self._emit("slots", usage)
             self.slots = None
             self.last_slots = now
+            self.queue_now = True
+        if self.queue_now:  # a pause / resume is shown at once; counts ride along
+            self._emit("queue", queue_payload(s, usage))
+            self.queue_now = self.counts_dirty = False
         if self.next_devices is None:
             self.next_devices = now + float(s.settings["device_refresh"])  # connect sent them
         elif now >= self.next_devices:
@@ -297,6 +287,7 @@ class _Room:
         self.offset = 0
         self.last_size = -1
         self.sids = set()
+        self.memory = None  # (now, peak) last sent to the followers
 
 
 def _attempt_log(store, task_id):
@@ -440,7 +431,10 @@ class LogPusher:
 
     def _cycle(self):
         store = self.slotrun.store
+        engine = self.slotrun.runtime.engine
         for room in list(self.rooms.values()):
+            if engine is not None:
+                self._push_memory(engine, room)
             attempt, path = _attempt_log(store, room.task_id)
             reset = False
             if attempt != room.attempt:
@@ -468,6 +462,19 @@ class LogPusher:
                 "data": data.decode("utf-8", "replace"), "offset": end,
                 "truncated": truncated, "reset": reset}, to=room_of(room.task_id),
                 namespace=NAMESPACE)
+
+
+    def _push_memory(self, engine, room):
+        """Send a followed task's GPU memory (now, peak) when the engine's sample changed."""
+        if room.task_id not in engine.running:
+            return
+        memory = engine.task_memory_now(room.task_id)
+        if memory == room.memory or memory == (None, None):
+            return
+        room.memory = memory
+        self.socketio.emit("memory", {"task": room.task_id, "memory_now": memory[0],
+                                      "memory_peak": memory[1]}, to=room_of(room.task_id),
+                           namespace=NAMESPACE)
 
 
 def _size(path):

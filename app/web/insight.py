@@ -27,7 +27,7 @@ from flask import Blueprint, jsonify, request
 from .. import configs as configs_mod
 from ..admission import declared_memory, family_of
 from ..errors import NotFound, SlotrunError
-from ..logs import LOG_NAME
+from ..logs import LOG_NAME, last_line
 from ..settings import format_size, parse_size
 from ..task import CPU
 from .access import authorize
@@ -255,6 +255,7 @@ class Sampler:
         for tid in [t for t in self.progress if t not in alive]:
             del self.progress[tid]
         changed = []
+        lines = {}
         for r in running:
             run_dir = getattr(r.handle, "run_dir", "")
             if not run_dir:
@@ -270,7 +271,7 @@ class Sampler:
                 continue  # nothing new in the log
             found = progress_of(path, self.pattern)
             entry = {"size": st.st_size, "attempt": r.attempt_id, "batch": r.batch_id,
-                     "done": None, "total": None, "mtime": st.st_mtime}
+                     "done": None, "total": None, "mtime": st.st_mtime, "line": last_line(path)}
             if found is None and known is not None and known["attempt"] == r.attempt_id:
                 # The last progress line scrolled out of the tail: keep what was seen.
                 entry.update(done=known["done"], total=known["total"], mtime=known["mtime"])
@@ -280,10 +281,16 @@ class Sampler:
             if entry["done"] is not None and (known is None or (known["done"], known["total"])
                                               != (entry["done"], entry["total"])):
                 changed.append((r.task_id, entry))
-        if changed and self.slotrun.clients and not self._closed():
+            if entry["line"] is not None and (known is None or known["line"] != entry["line"]):
+                lines[r.task_id] = entry["line"]
+        if self.slotrun.clients and not self._closed():
             for tid, e in changed:
                 self.socketio.emit("progress", {"task": tid, "batch": e["batch"], "done": e["done"],
                                                 "total": e["total"]}, namespace=NAMESPACE)
+            if lines:
+                # One message per look for every task whose last line changed.
+                self.socketio.emit("lines", {"lines": {str(t): v for t, v in lines.items()}},
+                                   namespace=NAMESPACE)
 
     def running_progress(self):
         """Return the known progress of every running task."""
