@@ -141,7 +141,7 @@ def test_slot_limit_is_edited_in_place(page, server):
     field = page.get_by_label("Slot limit for gpu2")
     field.fill("-1")
     field.press("Tab")
-    expect(card.locator(".slot-status")).to_have_text("whole number ≥ 0")
+    expect(card.locator(".slot-status")).to_have_text("0 to 1000")
     field.fill("1")
     field.press("Tab")
     expect(card.locator(".slot-status")).to_have_text("saved")
@@ -174,7 +174,7 @@ def test_start_a_batch_and_watch_it_finish_without_reloading(page, server):
     for i in range(3):
         expect(rows.nth(i).locator(".badge")).to_have_text("succeeded", timeout=30000)
     expect(batch.locator(".batch-text")).to_contain_text("3/3 done")
-    expect(rows.first.locator("td").nth(4)).to_have_text(re.compile(r"^gpu\d"))
+    expect(rows.first.locator("td.device-cell")).to_have_text(re.compile(r"^gpu\d"))
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     expect(page.locator('[data-count="succeeded"]')).not_to_have_text("0")
     # Slot usage is live too: once the batch is done, no slot is shown busy.
@@ -277,10 +277,19 @@ def test_filters_pagination_and_actions(page, server):
         rows = page.locator("#tasks-body tr")
         expect(rows).to_have_count(4)
         expect(page.locator("#queue-state")).to_contain_text("paused")
-        # Cancel one task from its row: it leaves the "queued" view live.
+        # Cancel one task from its row: it asks first, then the task leaves the "queued" view live.
         first = rows.first
         tid = first.get_attribute("data-task")
+        config = server.json_api("GET", f"/tasks/{tid}")[1]["config"][len("configs/"):]
         first.get_by_role("button", name=f"Cancel task {tid}").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_have_text(f"Cancel task {tid}?{config} has not started: it will not run. "
+                                    "Retry queues it again.Cancel taskKeep it queued")
+        dialog.get_by_role("button", name="Keep it queued").click()
+        expect(dialog).to_be_hidden()
+        assert server.json_api("GET", f"/tasks/{tid}")[1]["state"] == "queued"
+        first.get_by_role("button", name=f"Cancel task {tid}").click()
+        dialog.get_by_role("button", name="Cancel task").click()
         expect(rows).to_have_count(3)
         assert server.json_api("GET", f"/tasks/{tid}")[1]["state"] == "cancelled"
         # Retry it: it is queued again.
@@ -289,11 +298,13 @@ def test_filters_pagination_and_actions(page, server):
         row.get_by_role("button", name=f"Retry task {tid}").click()
         expect(row).to_have_count(0)
         assert server.json_api("GET", f"/tasks/{tid}")[1]["state"] == "queued"
-        # Cancel the whole batch (two steps), then everything of it is cancelled.
+        # Cancel the whole batch (after a confirmation), then everything of it is cancelled.
         page.select_option("#filter-state", "")
         card = page.locator(f'.batch[data-batch="{batch["id"]}"]')
         card.get_by_role("button", name=f"Cancel batch {batch['id']}").click()
-        card.get_by_role("button", name="Confirm: cancel 4 tasks of batch").click()
+        expect(dialog).to_have_text(f"Cancel batch #{batch['id']}?4 queued tasks will not start."
+                                    "Cancel 4 tasksKeep the batch")
+        dialog.get_by_role("button", name="Cancel 4 tasks").click()
         page.select_option("#filter-batch", str(batch["id"]))
         for i in range(4):
             expect(rows.nth(i).locator(".badge")).to_have_text("cancelled")
@@ -569,6 +580,12 @@ def test_controls_follow_the_permissions_of_admins_and_members(auth_page, auth_s
         # Her own task's Cancel works from the row; the row turns through a live event.
         expect(page.locator("#live-badge")).to_have_attribute("data-state", "live")
         own_row.get_by_role("button", name=f"Cancel task {own_task}").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_have_text(re.compile(
+            rf"^Cancel task {own_task}\?exp-1/exp-1-1\.yaml is running on gpu\d · 0 \([\d.]+ s so far\)\."
+            r"Its processes are stopped \(SIGTERM, then SIGKILL after 5 s\) and the work done so far is "
+            r"lost\. Retry runs it again from the start\.Cancel taskKeep it running$"))
+        dialog.get_by_role("button", name="Cancel task").click()
         wait_for(lambda: call("GET", f"/tasks/{own_task}", None, "mia")["state"] == "cancelled",
                  timeout=15, interval=0.1, message="the task was not cancelled")
         expect(own_row.locator(".badge")).to_have_text("cancelled")

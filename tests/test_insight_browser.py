@@ -114,7 +114,7 @@ def wait_batch_done(server, batch_id, timeout=30):
 
 
 def points(page, device):
-    value = page.locator(f'.device-card[data-device="{device}"] .device-chart').get_attribute("data-points")
+    value = page.locator(f'.chart-card[data-device="{device}"] .device-chart').get_attribute("data-points")
     return int(value or 0)
 
 
@@ -123,9 +123,14 @@ def points(page, device):
 def test_gpu_charts_render_and_grow_live_with_tasks_marked(page, server, artifacts_dir):
     page.goto(server.url + "/")
     expect(page.locator("#live-badge")).to_have_attribute("data-state", "live")
-    chart = page.locator('.device-card[data-device="gpu0"] .device-chart')
+    # The charts are one click away from the device strip.
+    charts = page.get_by_role("button", name="Charts")
+    expect(charts).to_have_attribute("aria-expanded", "false")
+    charts.click()
+    expect(charts).to_have_attribute("aria-expanded", "true")
+    chart = page.locator('.chart-card[data-device="gpu0"] .device-chart')
     expect(chart.locator("canvas").first).to_be_visible()
-    expect(page.locator(".device-card .device-chart canvas")).not_to_have_count(0)
+    expect(page.locator(".chart-card .device-chart canvas")).not_to_have_count(0)
     first = points(page, "gpu0")
     assert first > 0
     # New samples arrive by "history" events (every 0.5 s here): the charts grow, no reload.
@@ -134,7 +139,7 @@ def test_gpu_charts_render_and_grow_live_with_tasks_marked(page, server, artifac
     batch = submit(server, "mem-0", devices=["gpu1"])
     tid = batch["tasks"][0]["id"]
     # The running task is marked on gpu1's chart and its memory shows in the readout.
-    readout = page.locator('.device-card[data-device="gpu1"] .chart-readout')
+    readout = page.locator('.chart-card[data-device="gpu1"] .chart-readout')
     expect(readout.locator(".chart-task", has_text=f"#{tid}")).to_be_visible(timeout=15000)
     expect(readout).to_contain_text("slotrun 6.0 GiB")
     n = points(page, "gpu1")
@@ -147,6 +152,11 @@ def test_gpu_charts_render_and_grow_live_with_tasks_marked(page, server, artifac
     # A shorter window is one click.
     page.get_by_text("5 min", exact=True).click()
     expect(page.locator('#history-window input[value="300"]')).to_be_checked()
+    # Whether the charts are open is remembered in this browser.
+    page.reload()
+    expect(page.locator(".chart-card .device-chart canvas")).not_to_have_count(0)
+    page.get_by_role("button", name="Charts").click()
+    expect(page.locator("#device-charts")).to_be_hidden()
     wait_batch_done(server, batch["id"])
 
 
@@ -284,7 +294,8 @@ def test_screenshots(browser, server, artifacts_dir, width, scheme):
     try:
         pg.goto(f"{server.url}/?timeline={batch['id']}")
         expect(pg.locator("#live-badge")).to_have_attribute("data-state", "live")
-        expect(pg.locator(".device-card .device-chart canvas")).to_have_count(3)
+        pg.get_by_role("button", name="Charts").click()
+        expect(pg.locator(".chart-card .device-chart canvas")).to_have_count(3)
         expect(pg.locator("#timeline-panel .tl-bar").first).to_be_visible()
         expect(pg.locator("#tasks-body tr").first).to_be_visible()
         pg.get_by_label("Configs matching").fill("mem")

@@ -3,6 +3,7 @@ one's API tokens, the admin's users page). The dashboard's data comes from the A
 
 import hmac
 import logging
+import os
 import time
 
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
@@ -48,6 +49,10 @@ def bootstrap(**extra):
                         for a in ("submit", "slots", "queue", "priority", "users")},
         "auth": s.auth,
         "server_time": time.time(),
+        "kill_grace": float(settings["kill_grace"]),
+        # The sample demo family, offered to a new user while the queue is empty.
+        "demo_pattern": "demo/" if os.path.isdir(os.path.join(
+            settings["workspace"], settings["configs_dir"], "demo")) else None,
         "version": VERSION,
         "batch": None,
         "task": None,

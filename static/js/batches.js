@@ -1,27 +1,33 @@
 // Batches list: progress (done/total, failures, ETA), priority, cancel, results zip, show tasks.
 
-import { apiUrl, get, post } from "./api.js";
+import * as api from "./api.js";
+import { confirmAction } from "./confirm.js";
 import {
   formatDuration, formatFullTime, formatTime, h, may, mayAct, plural, rafBatch, root, saveWholeNumber,
   setText, throttle, toast,
 } from "./util.js";
 
+/**
+ * Extra links of a batch's footer, for pages other modules add (e.g. a batch's results):
+ * functions (batch summary) -> an element or null, called whenever the batch's actions are
+ * drawn. Register with ``batchLinks.push(fn)`` before the page loads its batches.
+ */
+export const batchLinks = [];
+
 const SHOWN = 20; // batches listed at first; "Show older" adds more
 const SEGMENTS = ["succeeded", "failed", "interrupted", "cancelled", "skipped", "running"];
-const DONE = ["succeeded", "failed", "interrupted", "cancelled", "skipped"];
 
 /** Return {done, total, failed, running, queued, active} for a batch summary. */
 export function batchProgress(b) {
-  const c = b.counts || {};
-  const total = Number(b.total ?? Object.values(c).reduce((s, n) => s + n, 0));
-  const done = b.done ?? DONE.reduce((s, k) => s + (c[k] || 0), 0);
-  const running = c.running || 0;
-  const queued = c.queued || 0;
-  return { total, done, running, queued, failed: (c.failed || 0) + (c.interrupted || 0), active: running + queued > 0 };
+  const c = b.counts;
+  return {
+    total: b.total, done: b.done, running: c.running, queued: c.queued,
+    failed: c.failed + c.interrupted, active: c.running + c.queued > 0,
+  };
 }
 
 export class BatchesPanel {
-  constructor(container, { meta, onBatches, onShowTasks, onTimeline } = {}) {
+  constructor(container, { meta, onBatches, onShowTasks, onTimeline, owner } = {}) {
     this.container = container;
     this.meta = meta;
     this.onBatches = onBatches || (() => {});
@@ -33,6 +39,7 @@ export class BatchesPanel {
     this.limit = SHOWN;
     this.totalBatches = null;
     this.selected = "";
+    this.owner = owner || ""; // show one owner's batches ("" everyone's), as the tasks table
     this.summaryAt = new Map(); // batch id -> when its last summary with counts arrived
     this.paint = rafBatch(() => this.flush());
     this.refresh = throttle(() => this.load(), 1000);
@@ -45,7 +52,7 @@ export class BatchesPanel {
     const seq = ++this.seq;
     let data;
     try {
-      data = await get("/batches", { limit: this.limit, per_page: this.limit });
+      data = await api.batches({ per_page: this.limit, owner: this.owner });
     } catch (e) {
       if (seq !== this.seq) return;
       this.container.setAttribute("aria-busy", "false");
@@ -55,8 +62,8 @@ export class BatchesPanel {
       return;
     }
     if (seq !== this.seq) return;
-    const list = data.batches || [];
-    this.totalBatches = data.total ?? null;
+    const list = data.batches;
+    this.totalBatches = data.total;
     this.batches = new Map(list.map((b) => [b.id, b]));
     this.render();
   }
@@ -70,7 +77,8 @@ export class BatchesPanel {
     const list = this.list();
     if (!list.length) {
       this.items.clear();
-      this.container.replaceChildren(h("p.empty", null, "No batches yet. Type a pattern under New batch to start one."));
+      this.container.replaceChildren(h("p.empty", null, this.owner
+        ? `No batches of ${this.owner} yet.` : "No batches yet. Type a pattern under New batch to start one."));
     } else {
       const nodes = list.map((b) => {
         let item = this.items.get(b.id);
@@ -89,7 +97,7 @@ export class BatchesPanel {
       this.container.replaceChildren(...nodes, ...(more ? [more] : []));
     }
     const active = list.filter((b) => batchProgress(b).active).length;
-    if (this.meta) setText(this.meta, list.length ? `${active} active · ${this.totalBatches ?? list.length} in all` : "");
+    if (this.meta) setText(this.meta, list.length ? `${active} active · ${this.totalBatches} in all` : "");
     this.onBatches(list);
   }
 
@@ -152,9 +160,9 @@ export class BatchesPanel {
       current: Number(b.priority || 0), min: -1000, max: 1000, hint: "-1000 to 1000",
       failed: `Batch #${id}: priority not changed`,
       send: async (n) => {
-        const summary = await post(`/batches/${id}/priority`, { priority: n });
+        const summary = await api.setPriority(id, n);
         setText(status, "");
-        this.onBatch(summary && summary.id === id ? summary : { id, priority: n });
+        this.onBatch(summary);
         toast(`Batch #${id}: priority ${n}`, "ok", 2500);
       },
     });
@@ -221,10 +229,14 @@ export class BatchesPanel {
           href: `${root()}/batches/${b.id}/results`, "aria-label": `Results table of batch ${b.id}`,
         }, "Results"),
         h("a.btn.btn-sm.btn-ghost", {
-          href: apiUrl(`/batches/${b.id}/results.zip`), download: `batch-${b.id}-results.zip`,
+          href: api.batchZipUrl(b.id), download: `batch-${b.id}-results.zip`,
           "aria-label": `Download the results of batch ${b.id} as a zip`,
         }, "Results .zip"),
       ];
+      for (const link of batchLinks) {
+        const extra = link(b);
+        if (extra) buttons.push(extra);
+      }
       if (pr.active && mayAct(b.owner)) {
         buttons.push(h("button.btn.btn-sm.btn-danger-ghost.act", { type: "button", dataset: { action: "cancel" }, "aria-label": `Cancel batch ${b.id}` }, "Cancel"));
       }
@@ -234,17 +246,24 @@ export class BatchesPanel {
 
   /** Apply a "batch" event (a summary, possibly partial). */
   onBatch(b) {
-    if (!b || b.id === undefined) return;
+    if (this.owner && b.owner !== this.owner) return; // not shown
     const known = this.batches.get(b.id);
     if (!known) {
       this.refresh();
       return;
     }
     Object.assign(known, b);
-    if (b.counts) this.summaryAt.set(b.id, performance.now());
-    else this.refresh();
+    this.summaryAt.set(b.id, performance.now());
     this.dirty.add(b.id);
     this.paint();
+  }
+
+  /** Show one owner's batches ("" for everyone's). */
+  setOwner(owner) {
+    if (owner === this.owner) return;
+    this.owner = owner;
+    this.limit = SHOWN;
+    this.refresh.now();
   }
 
   /**
@@ -252,7 +271,8 @@ export class BatchesPanel {
    * carrying the new counts; when none comes shortly, the list is re-fetched (throttled).
    */
   onTask(t) {
-    const id = t.batch ?? t.batch_id;
+    const id = t.batch;
+    if (this.owner && t.owner !== this.owner) return; // not shown
     if (!this.batches.has(id)) {
       this.refresh();
       return;
@@ -276,7 +296,7 @@ export class BatchesPanel {
     else {
       const list = this.list();
       const active = list.filter((b) => batchProgress(b).active).length;
-      if (this.meta) setText(this.meta, `${active} active · ${this.totalBatches ?? list.length} in all`);
+      if (this.meta) setText(this.meta, `${active} active · ${this.totalBatches} in all`);
     }
   }
 
@@ -303,26 +323,18 @@ export class BatchesPanel {
     } else if (action === "cancel") {
       const b = this.batches.get(id);
       const pr = b ? batchProgress(b) : { running: 0, queued: 0 };
-      // Two steps: the first click asks, a second one within a few seconds cancels.
-      if (!button.dataset.armed) {
-        const label = button.getAttribute("aria-label");
-        button.dataset.armed = "1";
-        setText(button, `Cancel ${plural(pr.running + pr.queued, "task")}?`);
-        button.setAttribute("aria-label", `Confirm: cancel ${plural(pr.running + pr.queued, "task")} of batch ${id}`);
-        button.classList.add("is-armed");
-        setTimeout(() => {
-          if (!button.isConnected) return;
-          delete button.dataset.armed;
-          button.classList.remove("is-armed");
-          button.setAttribute("aria-label", label);
-          setText(button, "Cancel");
-        }, 5000);
-        return;
-      }
+      const ok = await confirmAction({
+        title: `Cancel batch #${id}?`,
+        body: cancelBatchText(b, pr),
+        confirm: `Cancel ${plural(pr.running + pr.queued, "task")}`,
+        cancel: "Keep the batch",
+      });
+      if (!ok) return;
       button.disabled = true;
       try {
-        await post(`/batches/${id}/cancel`);
-        toast(`Batch #${id} cancelled`, "ok", 2500);
+        const res = await api.cancelBatch(id);
+        toast(`Batch #${id}: ${plural(res.cancelled, "queued task")} cancelled` +
+          (res.stopping ? `, ${plural(res.stopping, "running task")} stopping` : ""), "ok", 3000);
         this.refresh();
       } catch (err) {
         toast(`Batch #${id}: ${err.message}`, "error");
@@ -330,6 +342,18 @@ export class BatchesPanel {
       }
     }
   }
+}
+
+/** Return the paragraphs of a batch cancel's confirmation. */
+export function cancelBatchText(b, pr) {
+  const parts = [];
+  if (pr.running) {
+    parts.push(`${plural(pr.running, "running task")} ${pr.running === 1 ? "is" : "are"} stopped: ` +
+      "the work done so far is lost.");
+  }
+  if (pr.queued) parts.push(`${plural(pr.queued, "queued task")} will not start.`);
+  if (b && pr.done) parts.push(`The ${plural(pr.done, "finished task")} and ${pr.done === 1 ? "its" : "their"} results stay.`);
+  return parts;
 }
 
 function toSeconds(v) {

@@ -1,6 +1,6 @@
 // "New batch" form: live regex preview, device choice, a check step, and the start call.
 
-import { get, post } from "./api.js";
+import * as api from "./api.js";
 import { debounce, formatBytes, h, plural, setText, toast } from "./util.js";
 
 const PREVIEW_SHOWN = 300; // configs listed in the DOM; the count always covers them all
@@ -65,6 +65,14 @@ export class BatchForm {
     });
   }
 
+  /** Put a pattern in the form and preview it (the "Try the demo batch" button). */
+  fill(pattern) {
+    this.pattern.value = pattern;
+    this.pattern.dispatchEvent(new Event("input"));
+    this.form.scrollIntoView({ block: "nearest" });
+    this.pattern.focus();
+  }
+
   setStatus(text, kind) {
     setText(this.status, text);
     this.status.dataset.kind = kind;
@@ -79,10 +87,10 @@ export class BatchForm {
     if (this.controller) this.controller.abort();
     this.controller = new AbortController();
     try {
-      const data = await get("/configs", { pattern }, this.controller.signal);
+      const data = await api.configs(pattern, this.controller.signal);
       if (seq !== this.seq) return;
-      this.configs = data.configs || [];
-      this.complete = new Set(data.complete || []);
+      this.configs = data.configs;
+      this.complete = new Set(data.complete);
       this.previewFor = pattern;
       const n = this.configs.length;
       this.setStatus(n ? `${plural(n, "config")} match` : "No config matches this pattern.", n ? "ok" : "warn");
@@ -105,9 +113,9 @@ export class BatchForm {
   /** Fetch the expected GPU memory per family of the pattern's configs (declared or learned). */
   async loadMemory(pattern, seq) {
     try {
-      const data = await get("/memory/predict", { pattern }, this.controller ? this.controller.signal : undefined);
+      const data = await api.predictMemory(pattern, this.controller ? this.controller.signal : undefined);
       if (seq !== this.seq) return;
-      this.showMemory(data.families || []);
+      this.showMemory(data.families);
     } catch (e) {
       if (e.name === "AbortError" || seq !== this.seq) return;
       this.showMemory(null);
@@ -144,7 +152,7 @@ export class BatchForm {
         onclick: () => this.onSuggest({ need: this.largestNeed(), label: `the largest need of ${this.pattern.value.trim()}` }),
       }, "Suggest slots")
       : null;
-    box.replaceChildren(h("span.mem-title", null, "GPU memory per task:"), ...items, suggest);
+    box.replaceChildren(h("span.mem-title", null, "GPU memory per task:"), ...items, ...(suggest ? [suggest] : []));
     box.hidden = false;
   }
 
@@ -272,21 +280,12 @@ export class BatchForm {
       this.showError(e.message);
       return;
     }
-    const facts = this.$("confirm-facts");
-    const complete = this.configs.filter((c) => this.complete.has(c)).length;
-    const runs = body.overwrite ? this.configs.length : this.configs.length - complete;
-    const where = body.use_gpu ? (body.devices ? body.devices.join(", ") : "any GPU") : "CPU";
-    facts.replaceChildren(
-      h("dt", null, "Configs"), h("dd", null, plural(this.configs.length, "config") +
-        (complete ? ` (${complete} with complete results)` : "")),
-      h("dt", null, "Runs on"), h("dd", null, where),
-      body.use_gpu && this.largestNeed()
-        ? [h("dt", null, "GPU memory"), h("dd", null, `up to ${formatBytes(this.largestNeed())} per task (expected)`)]
-        : null,
-      h("dt", null, "Overwrite"), h("dd", null, body.overwrite ? "yes: complete results are run again"
-        : complete ? `no: ${plural(complete, "config")} with complete results will be skipped` : "no"),
-      body.command ? [h("dt", null, "Command"), h("dd.mono", null, body.command)] : null);
+    const facts = confirmFacts(body, this.configs.length,
+      this.configs.filter((c) => this.complete.has(c)).length, body.use_gpu ? this.largestNeed() : 0);
+    // Each fact is one <dt>/<dd> pair; facts that do not apply are left out, not "null".
+    this.$("confirm-facts").replaceChildren(...facts.flatMap(([k, v, cls]) => [h("dt", null, k), h(cls ? `dd.${cls}` : "dd", null, v)]));
     this.$("confirm-list").replaceChildren(...this.configItems(this.configs));
+    const runs = body.overwrite ? this.configs.length : this.configs.length - this.configs.filter((c) => this.complete.has(c)).length;
     setText(this.$("start-button"), runs ? `Start ${plural(runs, "task")}` : "Start (all will be skipped)");
     this.confirm.hidden = false;
     this.checkButton.hidden = true;
@@ -324,10 +323,9 @@ export class BatchForm {
     button.disabled = true;
     setText(button, "Starting…");
     try {
-      const batch = await post("/batches", body);
-      const tasks = batch.tasks || [];
-      const skipped = tasks.filter((t) => t.state === "skipped").length;
-      toast(`Batch #${batch.id} started: ${plural(tasks.length - skipped, "task")} queued` +
+      const batch = await api.submitBatch(body);
+      const skipped = batch.counts.skipped || 0;
+      toast(`Batch #${batch.id} started: ${plural(batch.total - skipped, "task")} queued` +
         (skipped ? `, ${skipped} already complete (skipped)` : ""), "ok");
       this.hideConfirm();
       this.onStarted(batch);
@@ -338,4 +336,20 @@ export class BatchForm {
       button.disabled = false;
     }
   }
+}
+
+/**
+ * Return the facts the start confirmation lists, as [label, text, class?] rows: configs,
+ * where they run, the expected GPU memory (when known), overwrite, and the command (when set).
+ */
+export function confirmFacts(body, count, complete, need) {
+  const facts = [
+    ["Configs", plural(count, "config") + (complete ? ` (${complete} with complete results)` : "")],
+    ["Runs on", body.use_gpu ? (body.devices ? body.devices.join(", ") : "any GPU") : "CPU"],
+  ];
+  if (need) facts.push(["GPU memory", `up to ${formatBytes(need)} per task (expected)`]);
+  facts.push(["Overwrite", body.overwrite ? "yes: complete results are run again"
+    : complete ? `no: ${plural(complete, "config")} with complete results will be skipped` : "no"]);
+  if (body.command) facts.push(["Command", body.command, "mono"]);
+  return facts;
 }

@@ -175,7 +175,7 @@ export class DeviceChart {
     return {
       width,
       height: this.height,
-      padding: [9, 18, 0, 0],
+      padding: [9, 12, 0, 0],
       legend: { show: false },
       select: { show: false },
       cursor: { y: false, points: { show: false }, drag: { x: false, y: false, setScale: false } },
@@ -191,12 +191,24 @@ export class DeviceChart {
       ],
       axes: [
         {
-          stroke: muted, font, size: 18, gap: 2, space: 64, ticks: { show: false }, grid: { stroke: grid, width: 1 },
-          values: (u, splits, axis, space, incr) => splits.map((v) => clock(v, incr)),
+          stroke: muted, font, size: 18, gap: 2, space: 72, ticks: { show: false }, grid: { stroke: grid, width: 1 },
+          // A label centred nearer an edge than half its width would be cut off, or run into
+          // the "%" labels: those ticks keep their grid line but get no label.
+          values: (u, splits, axis, space, incr) => {
+            const { min, max } = u.scales.x;
+            // The plot's width in CSS pixels (before the first layout: the canvas minus the axis).
+            const plot = u.bbox.width ? u.bbox.width / (devicePixelRatio || 1) : u.width - 48;
+            const half = incr < 60 ? 26 : 16;
+            return splits.map((v) => {
+              const x = max > min ? ((v - min) / (max - min)) * plot : 0;
+              return x < half || x > plot - half ? null : clock(v, incr);
+            });
+          },
         },
         {
           scale: "pct", stroke: muted, font, size: 36, gap: 3, ticks: { show: false },
-          grid: { stroke: grid, width: 1 }, splits: () => [0, 50, 100], values: (u, vals) => vals.map((v) => `${v}%`),
+          // No "0%": the bottom line is the time axis; its labels sit just below it.
+          grid: { stroke: grid, width: 1 }, splits: () => [0, 50, 100], values: (u, vals) => vals.map((v) => (v ? `${v}%` : "")),
         },
       ],
       hooks: {

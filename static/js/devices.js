@@ -1,9 +1,10 @@
-// Devices panel: one card per GPU (and the CPU) with memory, utilisation, a live chart of the
-// last hour, engine notes (what holds starts back: memory, a fault, probation, an out-of-memory
-// cap) and an editable slot limit; plus the
-// "Suggest slots" action (slot limits from each GPU's memory and a task's expected need).
+// Devices: a compact strip with one card per GPU (and the CPU): memory and slots at a glance,
+// the slot limit editable in place for admins, and the engine's note when a device starts
+// fewer tasks than its limit. The charts of the last hour (utilisation, memory, slotrun's
+// tasks) are one click away, in the Charts view under the strip. Plus "Suggest slots" (slot
+// limits from each GPU's memory and a task's expected need).
 
-import { get, patch } from "./api.js";
+import * as api from "./api.js";
 import { DeviceChart, HOUR } from "./charts.js";
 import { formatBytes, h, may, plural, rafBatch, saveWholeNumber, setText, toast } from "./util.js";
 
@@ -12,20 +13,22 @@ const ENGINE_NOTES = ["effective", "note", "hold", "held", "waiting_task"];
 
 /** The devices panel; ``onChange(devices)`` hears every new device list. */
 export class DevicesPanel {
-  constructor(container, { onChange, history } = {}) {
+  constructor(container, { onChange, history, charts } = {}) {
     this.container = container;
+    this.chartsBox = charts || null; // the Charts view (hidden until asked for)
     this.onChange = onChange || (() => {});
     this.history = history || null; // charts.History shared with the page
     this.window = HOUR; // seconds of history the charts show
     this.devices = new Map(); // id -> latest device dict
     this.cards = new Map(); // id -> {root, parts...}
+    this.charts = new Map(); // id -> {root, chart} while the Charts view is open
     this.dirty = new Set(); // device ids whose figures changed since the last paint
     this.paint = rafBatch(() => this.flush());
     this.loaded = false;
     const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
     if (dark && dark.addEventListener) {
       dark.addEventListener("change", () => {
-        for (const c of this.cards.values()) if (c.chart) c.chart.restyle();
+        for (const c of this.charts.values()) c.chart.restyle();
       });
     }
   }
@@ -54,8 +57,8 @@ export class DevicesPanel {
     for (const [id, u] of Object.entries(usage || {})) {
       const d = this.devices.get(id);
       if (!d) continue;
-      if (u.slots !== undefined) d.slots = u.slots;
-      if (u.running !== undefined) d.running = u.running;
+      d.slots = u.slots;
+      d.running = u.running;
       for (const k of ENGINE_NOTES) {
         if (k in u) d[k] = u[k];
         else delete d[k];
@@ -74,33 +77,67 @@ export class DevicesPanel {
   /** Redraw the charts from the shared history (after a sample or a history load). */
   historyChanged() {
     if (!this.history) return;
-    for (const [id, c] of this.cards) {
+    for (const [id, c] of this.charts) {
       const cols = this.history.get(id);
-      if (cols && c.chart) c.chart.update(cols);
+      if (cols) c.chart.update(cols);
     }
   }
 
   /** Show the last ``seconds`` of history in every chart. */
   setWindow(seconds) {
     this.window = seconds;
-    for (const c of this.cards.values()) if (c.chart) c.chart.setWindow(seconds);
+    for (const c of this.charts.values()) c.chart.setWindow(seconds);
+  }
+
+  /** Open or close the Charts view (charts are built only while it is open). */
+  showCharts(open) {
+    if (!this.chartsBox) return;
+    this.chartsBox.hidden = !open;
+    if (open) this.buildCharts();
+    else this.dropCharts();
+  }
+
+  chartsOpen() {
+    return Boolean(this.chartsBox && !this.chartsBox.hidden);
+  }
+
+  dropCharts() {
+    for (const c of this.charts.values()) c.chart.destroy();
+    this.charts.clear();
+    if (this.chartsBox) this.chartsBox.replaceChildren();
+  }
+
+  buildCharts() {
+    this.dropCharts();
+    if (!this.chartsBox) return;
+    for (const d of this.devices.values()) {
+      const box = h("div.device-chart");
+      const label = d.kind === "cpu" ? "CPU" : d.id;
+      const root = h("article.chart-card", { dataset: { device: d.id }, "aria-label": `${label} over time` },
+        h("header.chart-head", null, h("span.device-id", null, label), h("span.device-name", { title: d.name || "" }, d.name || "")),
+        box);
+      const chart = new DeviceChart(box, { windowSeconds: this.window });
+      this.charts.set(d.id, { root, chart });
+      this.chartsBox.append(root);
+      const cols = this.history && this.history.get(d.id);
+      if (cols) chart.update(cols);
+    }
+    if (!this.devices.size) this.chartsBox.append(h("p.empty", null, "No devices to chart."));
   }
 
   rebuild(ids) {
-    for (const c of this.cards.values()) if (c.chart) c.chart.destroy();
     this.container.replaceChildren();
     this.cards.clear();
     this.container.setAttribute("aria-busy", "false");
     if (!ids.length) {
       this.container.append(h("p.empty", null, "No devices found. The server sees no GPU and no CPU slots."));
-      return;
     }
     for (const id of ids) {
       const card = this.buildCard(this.devices.get(id));
       this.cards.set(id, card);
       this.container.append(card.root);
-      if (card.chart && this.history && this.history.get(id)) card.chart.update(this.history.get(id));
     }
+    if (this.chartsOpen()) this.buildCharts();
   }
 
   buildCard(d) {
@@ -111,7 +148,7 @@ export class DevicesPanel {
     let input = null;
     if (may("slots")) {
       input = h("input.slot-input", {
-        id: inputId, type: "number", min: "0", max: "256", step: "1", inputmode: "numeric",
+        id: inputId, type: "number", min: "0", max: "1000", step: "1", inputmode: "numeric",
         value: String(d.slots ?? 0),
         "aria-label": `Slot limit for ${label}`,
         title: "Tasks this device may run at once (Enter or leave the field to save, Esc to undo)",
@@ -139,11 +176,9 @@ export class DevicesPanel {
       root: null,
       name: h("span.device-name"),
       node: h("span.device-node"),
+      util: h("span.device-util", { title: "Utilisation" }),
       memBar: h("span.bar-fill"),
       memText: h("span.meter-value"),
-      utilBar: h("span.bar-fill"),
-      utilText: h("span.meter-value"),
-      chartBox: h("div.device-chart"),
       note: h("p.device-note", { role: "status" }),
       pips: h("span.pips", { "aria-hidden": "true" }),
       running: h("span.slot-running"),
@@ -151,32 +186,21 @@ export class DevicesPanel {
       input,
       slotStatus,
     };
-    const memRow = h("div.meter", null,
-      h("span.meter-label", null, "Memory"),
-      parts.memText,
-      h("span.bar", { "aria-hidden": "true" }, parts.memBar));
-    const utilRow = h("div.meter", null,
-      h("span.meter-label", null, "Utilisation"),
-      parts.utilText,
-      h("span.bar.bar-util", { "aria-hidden": "true" }, parts.utilBar));
-    parts.memRow = memRow;
-    parts.utilRow = utilRow;
-    parts.chart = new DeviceChart(parts.chartBox, { windowSeconds: this.window });
+    parts.memRow = h("div.meter", null,
+      h("span.meter-label", null, "Mem"),
+      h("span.bar", { "aria-hidden": "true" }, parts.memBar),
+      parts.memText);
     parts.root = h("article.device-card", { dataset: { device: d.id, kind: isGpu ? "gpu" : "cpu" }, "aria-label": label },
-      h("header.device-head", null,
-        h("span.device-id", null, label),
-        parts.name,
-        parts.node),
-      h("div.meters", null, memRow, utilRow),
-      parts.chartBox,
-      parts.note,
+      h("header.device-head", null, h("span.device-id", null, label), parts.name, parts.node, parts.util),
+      parts.memRow,
       h("div.slots-row", null,
         h("span.meter-label", null, "Slots"),
         parts.pips,
         h(input ? "label.slot-count" : "span.slot-count", input ? { for: inputId } : null,
           parts.running, h("span.slot-sep", { "aria-hidden": "true" }, "/")),
         limit,
-        slotStatus));
+        slotStatus),
+      parts.note);
     return parts;
   }
 
@@ -197,16 +221,11 @@ export class DevicesPanel {
         const frac = Math.min(1, used / total);
         c.memBar.style.width = `${(frac * 100).toFixed(1)}%`;
         c.memBar.dataset.level = frac > 0.95 ? "high" : frac > 0.8 ? "warn" : "ok";
-        setText(c.memText, `${formatBytes(used)} / ${formatBytes(total)}`);
-        c.memRow.title = `${formatBytes(d.memory_free ?? total - used)} free`;
+        setText(c.memText, memoryText(used, total));
+        c.memRow.title = `Memory: ${formatBytes(used)} used, ${formatBytes(d.memory_free ?? total - used)} free`;
       }
       const util = d.utilization;
-      const hasUtil = util !== null && util !== undefined;
-      c.utilRow.hidden = !hasUtil;
-      if (hasUtil) {
-        c.utilBar.style.width = `${Math.max(0, Math.min(100, Number(util)))}%`;
-        setText(c.utilText, `${Math.round(Number(util))} %`);
-      }
+      setText(c.util, util === null || util === undefined ? "" : `${Math.round(Number(util))}%`);
       const slots = Number(d.slots ?? 0);
       const running = Number(d.running ?? 0);
       const capped = d.effective !== undefined && d.effective !== null && Number(d.effective) < slots;
@@ -225,13 +244,14 @@ export class DevicesPanel {
     this.dirty.clear();
   }
 
-  /** Say why a GPU starts fewer tasks than its limit, in the engine's words (``note``). */
+  /** Say why a device starts fewer tasks than its limit, in the engine's words (``note``). */
   drawNote(c, d, capped, effective) {
     let kind = "";
     let text = "";
     if (d.note) {
       kind = d.hold || "oom";
-      text = `⚠ ${d.note.charAt(0).toUpperCase()}${d.note.slice(1)}`;
+      const warn = kind === "oom" || kind === "fault";
+      text = `${warn ? "⚠ " : ""}${d.note.charAt(0).toUpperCase()}${d.note.slice(1)}`;
     } else if (capped) {
       kind = "oom";
       text = `⚠ Limited to ${effective} for now`;
@@ -240,7 +260,7 @@ export class DevicesPanel {
     c.note.dataset.kind = kind;
     c.note.hidden = !text;
     setText(c.note, text);
-    c.note.title = capped ? `Slot limit ${d.slots}, effective limit ${effective}` : "";
+    c.note.title = capped ? `Slot limit ${d.slots}, effective limit ${effective}. ${d.note || ""}`.trim() : text;
   }
 
   drawPips(node, running, slots, effective = slots) {
@@ -261,13 +281,12 @@ export class DevicesPanel {
   async save(id, input, status) {
     const d = this.devices.get(id);
     await saveWholeNumber(input, status, {
-      current: d.slots ?? 0, min: 0, hint: "whole number ≥ 0",
+      current: d.slots ?? 0, min: 0, max: 1000, hint: "0 to 1000",
       failed: `Slot limit for ${id} not changed`,
       send: async (n) => {
-        const res = await patch(`/devices/${encodeURIComponent(id)}`, { slots: n });
-        const dev = (res && (res.device || res)) || {};
-        d.slots = dev.slots ?? n;
-        if (dev.running !== undefined) d.running = dev.running;
+        const dev = await api.setSlots(id, n);
+        d.slots = dev.slots;
+        d.running = dev.running;
         setText(status, "saved");
         status.dataset.kind = "ok";
         setTimeout(() => {
@@ -343,7 +362,7 @@ export class SuggestSlots {
   async loadFamilies() {
     let fams = [];
     try {
-      fams = (await get("/memory/predict")).families || [];
+      fams = (await api.predictMemory()).families;
     } catch (e) {
       setText(this.status, `Cannot load learned needs: ${e.message}`);
     }
@@ -374,7 +393,7 @@ export class SuggestSlots {
     this.status.dataset.kind = "info";
     let s;
     try {
-      s = await get("/memory/suggest", params);
+      s = await api.suggestSlots(params);
     } catch (e) {
       this.showError(e.message);
       return;
@@ -426,10 +445,10 @@ export class SuggestSlots {
     for (const [id, n] of Object.entries(s.slots)) {
       if (n === (s.current[id] ?? 0)) continue;
       try {
-        const res = await patch(`/devices/${encodeURIComponent(id)}`, { slots: n });
+        const res = await api.setSlots(id, n);
         const d = this.panel.devices.get(id);
         if (d) {
-          d.slots = res && res.slots !== undefined ? res.slots : n;
+          d.slots = res.slots;
           this.panel.dirty.add(id);
         }
         s.current[id] = n;
@@ -444,6 +463,17 @@ export class SuggestSlots {
     if (failed.length) toast(`Not set: ${failed.join("; ")}`, "error");
     this.render(s);
   }
+}
+
+/** Return "6.2/24 GiB": used and total memory in the total's unit, compactly. */
+export function memoryText(used, total) {
+  const units = [["TiB", 1024 ** 4], ["GiB", 1024 ** 3], ["MiB", 1024 ** 2]];
+  const [unit, f] = units.find(([, n]) => total >= n) || ["B", 1];
+  const num = (v) => {
+    const x = v / f;
+    return x >= 100 || Number.isInteger(x) ? String(Math.round(x)) : x.toFixed(1);
+  };
+  return `${num(used)}/${num(total)} ${unit}`;
 }
 
 /** Return a byte count as the API's size text (6GiB, 512MiB, or bytes). */

@@ -1,9 +1,9 @@
 // A task's page: facts, actions, config, command, attempts, live log tail and results browser.
 
-import { ApiError, apiUrl, get, post } from "./api.js";
+import * as api from "./api.js";
 import * as live from "./live.js";
 import { LogView, MAX_LINES, describeDropped } from "./logview.js";
-import { isStale, progressLeft, taskDuration } from "./tasks.js";
+import { confirmCancelTask, isStale, progressLeft, taskDuration } from "./tasks.js";
 import {
   ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatBytes, formatDuration, formatFullTime,
   formatTime, h, mayAct, rafBatch, root, setText, stateBadge, toast,
@@ -32,7 +32,7 @@ function renderTask() {
   const badge = $("task-state");
   badge.dataset.state = task.state;
   setText(badge, task.state);
-  const batch = task.batch ?? task.batch_id;
+  const batch = task.batch;
   if (batch !== undefined && batch !== null) {
     const crumb = $("crumb-batch");
     crumb.hidden = false;
@@ -51,7 +51,7 @@ function renderTask() {
   fact("finished", formatTime(task.finished_at), formatFullTime(task.finished_at));
   fact("duration", formatDuration(taskDuration(task)));
   fact("exit", task.exit_code ?? "");
-  fact("attempts", task.attempts ?? "");
+  fact("attempts", task.attempts);
   fact("owner", task.owner || "");
   renderProgress();
   renderMemory();
@@ -110,8 +110,8 @@ function renderMemory() {
 
 async function loadProgress() {
   try {
-    const p = await get(`/tasks/${taskId}/progress`);
-    progress = p.done !== null && p.done !== undefined ? { done: p.done, total: p.total } : null;
+    const p = await api.taskProgress(taskId);
+    progress = p.done !== null ? { done: p.done, total: p.total } : null;
     paintTask();
   } catch (e) {
     if (e.status !== 404) console.warn("progress unavailable", e);
@@ -128,8 +128,8 @@ async function loadExpected() {
   if (!gpu) return;
   try {
     const escaped = task.config.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    const data = await get("/memory/predict", { pattern: `^${escaped}$` });
-    const fam = (data.families || [])[0];
+    const data = await api.predictMemory(`^${escaped}$`);
+    const fam = data.families[0];
     expected = fam && fam.need ? { need: fam.need, source: fam.source } : null;
     paintTask();
   } catch (e) {
@@ -138,10 +138,10 @@ async function loadExpected() {
 }
 
 async function act(action) {
+  if (action === "cancel" && !(await confirmCancelTask(task))) return;
   try {
-    const res = await post(`/tasks/${taskId}/${action}`);
-    const t = res && (res.task || (res.id === taskId ? res : null));
-    if (t && !isStale(task, t)) updateTask(t);
+    const t = action === "cancel" ? await api.cancelTask(taskId) : await api.retryTask(taskId);
+    if (!isStale(task, t)) updateTask(t);
     toast(action === "cancel" ? "Task cancelled" : "Task queued again", "ok", 2500);
   } catch (e) {
     toast(`Not done: ${e.message}`, "error");
@@ -164,7 +164,7 @@ function updateTask(t) {
 
 async function loadTask() {
   try {
-    const t = await get(`/tasks/${taskId}`);
+    const t = await api.task(taskId);
     const first = !task || !task.config;
     task = { ...(task || {}), ...t };
     if (first) loadExpected();
@@ -174,7 +174,7 @@ async function loadTask() {
   } catch (e) {
     const err = $("task-error");
     err.hidden = false;
-    setText(err, e instanceof ApiError && e.status === 404
+    setText(err, e instanceof api.ApiError && e.status === 404
       ? `Task ${taskId} does not exist.`
       : `Cannot load task ${taskId}: ${e.message}`);
   }
@@ -188,11 +188,11 @@ function renderDetails() {
   const rows = [];
   for (const a of task.attempts_list || []) {
     rows.push(h("tr", null,
-      h("td.num", null, a.number ?? ""),
+      h("td.num", null, a.number),
       h("td", null, stateBadge(a.state)),
       h("td.mono", { title: a.node ? `on ${a.node}` : "" }, deviceLabel(a)),
       h("td", { title: formatFullTime(a.started_at) }, formatTime(a.started_at)),
-      h("td.num", null, formatDuration(a.duration ?? (a.finished_at && a.started_at ? a.finished_at - a.started_at : null))),
+      h("td.num", null, formatDuration(a.duration)),
       h("td.num.mono", null, a.exit_code ?? "")));
     const note = [a.message, a.peak_memory ? `peak GPU memory ${formatBytes(a.peak_memory)}` : ""].filter(Boolean).join(" · ");
     if (note) rows.push(h("tr.note-row", null, h("td"), h("td.note-cell", { colspan: "5" }, note)));
@@ -236,24 +236,31 @@ function setLogStatus() {
 }
 
 live.on("log", (msg) => {
-  if (!msg || Number(msg.task) !== taskId) return;
+  if (msg.task !== taskId) return;
   if (msg.reset) {
     logView.clear();
   }
   if (msg.truncated && !msg.reset) {
     logView.append("\n… (output too fast: some lines skipped here; the full log has them) …\n");
   }
-  logView.append(msg.data || "");
+  logView.append(msg.data);
   logStarted = true;
 });
 
 live.on("task", (t) => {
-  if (t && Number(t.id) === taskId) updateTask(t);
+  if (t.id === taskId) updateTask(t);
+});
+
+// A running GPU task's memory, as the engine samples it, pushed to the log's followers.
+live.on("memory", (m) => {
+  if (m.task !== taskId || !task) return;
+  task = { ...task, memory_now: m.memory_now, memory_peak: m.memory_peak };
+  paintTask();
 });
 
 live.on("progress", (p) => {
-  if (!p || Number(p.task) !== taskId || p.done === null || p.done === undefined) return;
-  progress = { done: Number(p.done), total: Number(p.total) };
+  if (p.task !== taskId) return;
+  progress = { done: p.done, total: p.total };
   paintTask();
 });
 
@@ -273,11 +280,10 @@ async function loadLogOverRest() {
   // Without a live connection, show the last lines once (the live follow replaces them later).
   if (logStarted || live.connected()) return;
   try {
-    const data = await get(`/tasks/${taskId}/log`, { tail: TAIL_LINES });
+    const data = await api.taskLog(taskId, TAIL_LINES);
     if (logStarted || live.connected()) return;
-    const text = typeof data === "string" ? data : (data && (data.log ?? data.data ?? data.text)) || "";
     logView.clear();
-    logView.append(text);
+    logView.append(data.data);
     logStarted = true;
   } catch (e) {
     if (e.status !== 404) setText($("log-status"), `log unavailable: ${e.message}`);
@@ -288,18 +294,12 @@ async function loadLogOverRest() {
 
 let currentDir = "";
 
-function filesUrl(path) {
-  const enc = path.split("/").filter(Boolean).map(encodeURIComponent).join("/");
-  return apiUrl(`/tasks/${taskId}/files/${enc}`);
-}
-
 async function loadFiles(dir) {
   currentDir = dir;
   const box = $("files");
   let data;
   try {
-    const enc = dir.split("/").filter(Boolean).map(encodeURIComponent).join("/");
-    data = await get(`/tasks/${taskId}/files/${enc}${enc ? "/" : ""}`);
+    data = await api.files(taskId, dir);
   } catch (e) {
     box.replaceChildren(h("p.empty", null, e.status === 404
       ? (dir ? "This folder no longer exists." : "No results yet: the folder appears when the task writes to it.")
@@ -307,30 +307,44 @@ async function loadFiles(dir) {
     renderPath(dir);
     return;
   }
-  const entries = (data.entries || data.files || []).slice().sort((a, b) =>
-    (isDir(b) - isDir(a)) || String(a.name).localeCompare(String(b.name)));
+  // The server lists folders first, then files, each by name.
+  const entries = data.entries;
   renderPath(dir);
   if (!entries.length) {
     box.replaceChildren(h("p.empty", null, dir ? "This folder is empty." : "No result files yet."));
     return;
   }
   const rows = entries.map((e) => {
-    const path = e.path || (dir ? `${dir}/${e.name}` : e.name);
-    const name = isDir(e)
-      ? h("button.link-button.file-dir", { type: "button", onclick: () => loadFiles(path.replace(/\/$/, "")) }, `${e.name}/`)
-      : h("a.file-link", { href: filesUrl(path), download: e.name, title: `Download ${path}` }, e.name);
+    const folder = e.type === "dir";
+    const name = folder
+      ? h("button.link-button.file-dir", { type: "button", onclick: () => loadFiles(e.path) }, `${e.name}/`)
+      : h("a.file-link", { href: api.fileUrl(taskId, e.path), download: e.name, title: `Download ${e.path}` }, e.name);
     return h("tr", null,
-      h("td.file-name", null, h("span.file-icon", { "aria-hidden": "true", dataset: { kind: isDir(e) ? "dir" : "file" } }), name),
-      h("td.num.muted", null, isDir(e) ? "" : formatBytes(e.size)),
-      h("td.muted", { title: formatFullTime(e.mtime ?? e.modified) }, formatTime(e.mtime ?? e.modified)));
+      h("td.file-name", null, fileIcon(folder), name),
+      h("td.num.muted", null, folder ? "" : formatBytes(e.size)),
+      h("td.muted", { title: formatFullTime(e.mtime) }, formatTime(e.mtime)));
   });
   box.replaceChildren(h("table.files-table", null,
     h("thead", null, h("tr", null, h("th", { scope: "col" }, "Name"), h("th.num", { scope: "col" }, "Size"), h("th", { scope: "col" }, "Modified"))),
     h("tbody", null, rows)));
+  if (data.truncated) box.append(h("p.empty", null, "Only the first 5,000 entries are listed; the .zip has them all."));
 }
 
-function isDir(e) {
-  return e.type === "dir" || e.type === "directory" || e.is_dir === true || e.kind === "dir";
+const SVG = "http://www.w3.org/2000/svg";
+
+/** Return a folder or document icon (an outline that reads as a file, not a checkbox). */
+function fileIcon(folder) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 16 16");
+  svg.setAttribute("class", "file-icon");
+  svg.setAttribute("aria-hidden", "true");
+  svg.dataset.kind = folder ? "dir" : "file";
+  const path = document.createElementNS(SVG, "path");
+  path.setAttribute("d", folder
+    ? "M1.5 3.5h4.2l1.5 1.6h7.3v8.4h-13z"
+    : "M3.5 1.5h6l3 3v10h-9z M9.5 1.5v3h3");
+  svg.append(path);
+  return svg;
 }
 
 function renderPath(dir) {
@@ -353,10 +367,6 @@ setInterval(() => {
     if (progress) renderProgress();
   }
 }, 1000);
-// A running GPU task's memory figures (sampled by the engine) are re-read now and then.
-setInterval(() => {
-  if (task && task.state === "running" && /gpu/.test(task.device || "") && !document.hidden) loadTask();
-}, 5000);
 
 $("files-refresh").addEventListener("click", () => loadFiles(currentDir));
 loadTask();

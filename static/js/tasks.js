@@ -1,10 +1,14 @@
-// Tasks table: filter by batch and state, sort (by the server, across pages), paginate, patch
-// rows live, cancel and retry.
+// Tasks table for a team: filter by owner (mine / everyone / a user, remembered), a text in the
+// config path, state and batch; sort (by the server, across pages); paginate; each row shows its
+// owner and its log's last line (or why it failed); patch rows live; cancel and retry a task,
+// or every task the filters select at once.
 
-import { get, post } from "./api.js";
+import * as api from "./api.js";
+import { confirmAction } from "./confirm.js";
 import {
-  ACTIVE_STATES, RETRYABLE_STATES, bootstrap, deviceLabel, formatDuration, formatFullTime, formatTime,
-  h, mayAct, rafBatch, root, setText, stateBadge, throttle, toast,
+  ACTIVE_STATES, FINAL_STATES, RETRYABLE_STATES, bootstrap, debounce, deviceLabel, formatDuration,
+  formatFullTime, formatTime, h, mayAct, plural, rafBatch, readOnly, remember, remembered, root, setText,
+  stateBadge, throttle, toast,
 } from "./util.js";
 
 // The API's sort keys (GET /tasks?sort=KEY&order=asc|desc); these start descending.
@@ -55,36 +59,55 @@ export function progressLeft(task, p) {
 }
 
 export class TasksTable {
-  constructor(section, { onFilter } = {}) {
+  constructor(section, { onFilter, onDemo } = {}) {
     this.section = section;
     this.onFilter = onFilter || (() => {});
+    this.onDemo = onDemo || null;
     this.$ = (id) => section.querySelector(`#${id}`);
     this.body = this.$("tasks-body");
     this.empty = this.$("tasks-empty");
     this.meta = this.$("tasks-meta");
     this.batchSelect = this.$("filter-batch");
     this.stateSelect = this.$("filter-state");
+    this.ownerSelect = this.$("filter-owner");
+    this.search = this.$("filter-search");
     this.perPage = Number(bootstrap().page_size) || 50;
-    this.filter = { batch: "", state: "" };
+    this.filter = { batch: "", state: "", owner: "", q: "" };
     this.page = 1;
     this.pages = 1;
     this.total = 0;
     this.sort = { key: "id", dir: "desc" };
     this.rows = new Map(); // task id -> {tr, task, cells}
     this.progress = new Map(); // running task id -> {done, total} from "progress" events
+    this.lines = new Map(); // running task id -> its log's last line, from "lines" events
     this.dirty = new Set();
     this.paint = rafBatch(() => this.flush());
     this.refresh = throttle(() => this.load(), 700);
     this.seq = 0;
+    this.user = bootstrap().user ? bootstrap().user.name : "";
     this.readFromUrl();
 
     this.batchSelect.addEventListener("change", () => this.setFilter({ batch: this.batchSelect.value }));
     this.stateSelect.addEventListener("change", () => this.setFilter({ state: this.stateSelect.value }));
-    this.$("filter-clear").addEventListener("click", () => this.setFilter({ batch: "", state: "" }));
+    this.ownerSelect.addEventListener("change", () => this.setFilter({ owner: this.ownerSelect.value }));
+    const typed = debounce(() => this.setFilter({ q: this.search.value.trim() }), 250);
+    this.typed = typed;
+    this.search.addEventListener("input", typed);
+    this.search.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        typed.cancel();
+        this.setFilter({ q: this.search.value.trim() });
+      }
+    });
+    this.$("filter-clear").addEventListener("click", () => this.clearFilters());
     this.$("page-first").addEventListener("click", () => this.go(1));
     this.$("page-prev").addEventListener("click", () => this.go(this.page - 1));
     this.$("page-next").addEventListener("click", () => this.go(this.page + 1));
     this.$("page-last").addEventListener("click", () => this.go(this.pages));
+    this.$("bulk-cancel").addEventListener("click", () => this.bulk("cancel"));
+    this.$("bulk-retry").addEventListener("click", () => this.bulk("retry"));
+    this.$("bulk").hidden = readOnly();
     for (const th of section.querySelectorAll("th[data-sort]")) {
       th.querySelector("button").addEventListener("click", () => this.setSort(th.dataset.sort));
     }
@@ -92,11 +115,18 @@ export class TasksTable {
     setInterval(() => this.tick(), 1000);
   }
 
+  /** The owner filter remembered for this user in this browser (the address wins). */
+  ownerKey() {
+    return `owner.${this.user || "-"}`;
+  }
+
   readFromUrl() {
     const q = new URLSearchParams(location.search);
     // /batches/<id> renders this page with the batch in the bootstrap data.
     this.filter.batch = q.get("batch") || (bootstrap().batch ? String(bootstrap().batch) : "");
     this.filter.state = q.get("state") || "";
+    this.filter.owner = q.has("owner") ? q.get("owner") : remembered(this.ownerKey(), "");
+    this.filter.q = q.get("q") || "";
     this.page = Math.max(1, Number(q.get("page")) || 1);
     const sort = q.get("sort");
     if (sort && SORTABLE.includes(sort.replace(/^-/, ""))) {
@@ -110,6 +140,8 @@ export class TasksTable {
     const set = (k, v) => (v ? q.set(k, v) : q.delete(k));
     set("batch", this.filter.batch);
     set("state", this.filter.state);
+    set("owner", this.filter.owner);
+    set("q", this.filter.q);
     set("page", this.page > 1 ? this.page : "");
     const sort = `${this.sort.dir === "desc" ? "-" : ""}${this.sort.key}`;
     set("sort", sort === "-id" ? "" : sort);
@@ -117,13 +149,25 @@ export class TasksTable {
     history.replaceState(null, "", location.pathname + (qs ? `?${qs}` : "") + location.hash);
   }
 
-  syncControls() {
-    if (this.filter.batch && !this.batchSelect.querySelector(`option[value="${CSS.escape(this.filter.batch)}"]`)) {
-      this.batchSelect.append(h("option", { value: this.filter.batch }, `#${this.filter.batch}`));
+  /** True when some filter is set (the owner filter counts: "mine" hides the others' tasks). */
+  filtered() {
+    return Boolean(this.filter.batch || this.filter.state || this.filter.owner || this.filter.q);
+  }
+
+  ensureOption(select, value, label) {
+    if (value && !select.querySelector(`option[value="${CSS.escape(value)}"]`)) {
+      select.append(h("option", { value }, label));
     }
+  }
+
+  syncControls() {
+    this.ensureOption(this.batchSelect, this.filter.batch, `#${this.filter.batch}`);
+    this.ensureOption(this.ownerSelect, this.filter.owner, this.filter.owner);
     this.batchSelect.value = this.filter.batch;
     this.stateSelect.value = this.filter.state;
-    this.$("filter-clear").hidden = !this.filter.batch && !this.filter.state;
+    this.ownerSelect.value = this.filter.owner;
+    if (this.search.value.trim() !== this.filter.q) this.search.value = this.filter.q;
+    this.$("filter-clear").hidden = !(this.filter.batch || this.filter.state || this.filter.q);
     for (const th of this.section.querySelectorAll("th[data-sort]")) {
       if (th.dataset.sort === this.sort.key) {
         th.setAttribute("aria-sort", this.sort.dir === "asc" ? "ascending" : "descending");
@@ -138,7 +182,7 @@ export class TasksTable {
     const current = this.batchSelect.value || this.filter.batch;
     const options = [h("option", { value: "" }, "All batches")];
     for (const b of batches) {
-      options.push(h("option", { value: String(b.id) }, `#${b.id} ${b.pattern ? `· ${b.pattern}` : ""}`.slice(0, 60)));
+      options.push(h("option", { value: String(b.id) }, `#${b.id} · ${b.pattern}`.slice(0, 60)));
     }
     if (current && !batches.some((b) => String(b.id) === current)) {
       options.push(h("option", { value: current }, `#${current}`));
@@ -147,13 +191,33 @@ export class TasksTable {
     this.batchSelect.value = current;
   }
 
+  /** Offer everyone who submitted work in the owner filter (GET /owners). */
+  setOwners(owners) {
+    const mine = this.ownerSelect.querySelector("option[data-mine]");
+    const options = [h("option", { value: "" }, "Everyone")];
+    if (mine) options.push(mine);
+    for (const o of owners) {
+      if (mine && o.name === this.user) continue;
+      options.push(h("option", { value: o.name }, `${o.name} (${o.tasks.toLocaleString()})`));
+    }
+    this.ownerSelect.replaceChildren(...options);
+    this.ensureOption(this.ownerSelect, this.filter.owner, this.filter.owner);
+    this.ownerSelect.value = this.filter.owner;
+  }
+
   setFilter(change) {
     Object.assign(this.filter, change);
+    if ("owner" in change) remember(this.ownerKey(), this.filter.owner || null);
     this.page = 1;
     this.syncControls();
     this.writeUrl();
     this.onFilter(this.filter);
     this.refresh.now();
+  }
+
+  /** Clear batch, state and search; the owner filter stays (it is a standing choice). */
+  clearFilters() {
+    this.setFilter({ batch: "", state: "", q: "" });
   }
 
   setSort(key) {
@@ -173,24 +237,33 @@ export class TasksTable {
     this.refresh.now();
   }
 
+  /** The filter as the API takes it (GET /tasks, POST /tasks/cancel|retry). */
+  apiFilter() {
+    return {
+      batch: this.filter.batch ? Number(this.filter.batch) : null,
+      state: this.filter.state || null,
+      owner: this.filter.owner || null,
+      q: this.filter.q || null,
+    };
+  }
+
   /** Fetch the current page over REST and redraw the table. */
   async load() {
     const seq = ++this.seq;
     const params = {
-      batch: this.filter.batch, state: this.filter.state, page: this.page, per_page: this.perPage,
-      sort: this.sort.key, order: this.sort.dir,
+      ...this.apiFilter(), page: this.page, per_page: this.perPage, sort: this.sort.key, order: this.sort.dir,
     };
     let data;
     try {
-      data = await get("/tasks", params);
+      data = await api.tasks(params);
     } catch (e) {
       if (seq !== this.seq) return;
       this.showError(e.message);
       return;
     }
     if (seq !== this.seq) return;
-    this.total = data.total ?? (data.tasks || []).length;
-    this.pages = Math.max(1, data.pages ?? Math.ceil(this.total / this.perPage));
+    this.total = data.total;
+    this.pages = data.pages;
     if (this.page > this.pages) {
       this.page = this.pages;
       this.writeUrl();
@@ -198,7 +271,7 @@ export class TasksTable {
       return;
     }
     // The server sorted the whole list (then by id), so pages follow one another.
-    this.render(data.tasks || []);
+    this.render(data.tasks);
   }
 
   render(tasks) {
@@ -212,6 +285,7 @@ export class TasksTable {
       } else {
         row = this.buildRow(t);
       }
+      this.lines.delete(t.id); // the page's answer is newer than the last "lines" event
       this.patchRow(row);
       keep.set(t.id, row);
       frag.push(row.tr);
@@ -219,13 +293,9 @@ export class TasksTable {
     this.rows = keep;
     this.body.replaceChildren(...frag);
     this.dirty.clear();
-    const filtered = this.filter.batch || this.filter.state;
     if (!tasks.length) {
       this.empty.hidden = false;
-      this.empty.replaceChildren(filtered
-        ? h("p", null, "No task matches these filters. ",
-          h("button.btn.btn-sm", { type: "button", onclick: () => this.setFilter({ batch: "", state: "" }) }, "Clear filters"))
-        : h("p", null, "No tasks yet. Start a batch: type a pattern under ", h("a", { href: "#new-batch-panel" }, "New batch"), "."));
+      this.empty.replaceChildren(this.emptyText());
     } else {
       this.empty.hidden = true;
     }
@@ -243,6 +313,28 @@ export class TasksTable {
     setText(this.$("page-prev"), byAge ? "‹ Newer" : "‹ Previous");
     setText(this.$("page-next"), byAge ? "Older ›" : "Next ›");
     this.$("pager").hidden = this.pages <= 1;
+    this.$("bulk-cancel").disabled = !this.total;
+    this.$("bulk-retry").disabled = !this.total;
+  }
+
+  emptyText() {
+    const f = this.filter;
+    if (f.batch || f.state || f.q) {
+      return h("p", null, "No task matches these filters. ",
+        h("button.btn.btn-sm", { type: "button", onclick: () => this.clearFilters() }, "Clear filters"));
+    }
+    if (f.owner) {
+      const who = f.owner === this.user ? "You have" : `${f.owner} has`;
+      return h("p", null, `${who} no tasks yet. `,
+        h("button.btn.btn-sm", { type: "button", onclick: () => this.setFilter({ owner: "" }) }, "Show everyone's"));
+    }
+    const demo = bootstrap().demo_pattern;
+    if (demo && this.onDemo) {
+      return h("p", null, "No tasks yet. Start a batch under New batch, or ",
+        h("button.btn.btn-sm.btn-primary", { type: "button", onclick: () => this.onDemo(demo) }, "Try the demo batch"),
+        ` (${demo}: tasks that run for half a minute with live logs, progress and GPU memory).`);
+    }
+    return h("p", null, "No tasks yet. Start a batch: type a pattern under ", h("a", { href: "#new-batch-panel" }, "New batch"), ".");
   }
 
   showError(message) {
@@ -255,32 +347,54 @@ export class TasksTable {
 
   buildRow(t) {
     const taskHref = `${root()}/tasks/${t.id}`;
+    const line = h("span.task-line");
     const cells = {
-      id: h("td.num", null, h("a", { href: taskHref }, String(t.id))),
-      config: h("td.config-cell", null, h("a.mono", { href: taskHref })),
-      batch: h("td.num", null, h("button.link-button", { type: "button", dataset: { action: "filter-batch" }, title: "Show only this batch" })),
-      state: h("td.state-cell"),
-      device: h("td.mono.device-cell"),
-      started: h("td.time-cell"),
-      duration: h("td.num.duration-cell"),
-      exit: h("td.num.mono"),
+      id: h("td.num.col-id", null, h("a", { href: taskHref }, String(t.id))),
+      config: h("td.config-cell.col-config", null, h("a.mono.config-link", { href: taskHref }), line),
+      owner: h("td.owner-cell.col-owner"),
+      batch: h("td.num.col-batch", null, h("button.link-button", { type: "button", dataset: { action: "filter-batch" }, title: "Show only this batch" })),
+      state: h("td.state-cell.col-state"),
+      device: h("td.mono.device-cell.col-device"),
+      started: h("td.time-cell.col-started"),
+      duration: h("td.num.duration-cell.col-duration"),
+      exit: h("td.num.mono.col-exit"),
       actions: h("td.actions-cell"),
     };
     const tr = h("tr", { dataset: { task: String(t.id) } }, ...Object.values(cells));
     const prog = h("span.task-progress", { hidden: true, role: "progressbar", "aria-valuemin": "0" },
       h("span.task-progress-bar", { "aria-hidden": "true" }, h("span.task-progress-fill")),
       h("span.task-progress-text"));
-    return { tr, task: { ...t }, cells, key: {}, prog };
+    return { tr, task: { ...t }, cells, key: {}, prog, line };
+  }
+
+  /** Return the second line of a row: why it failed, what it printed last, or why it waits. */
+  lineOf(t) {
+    const live = t.state === "running" ? this.lines.get(t.id) : undefined;
+    const last = live ?? t.last_line;
+    if (t.state === "failed" || t.state === "interrupted") {
+      // The log's last line names the error better than "exit code 1"; the message stays in the title.
+      return { text: last && last !== t.message ? last : t.message || last || "", kind: "error" };
+    }
+    if (t.state === "queued") return { text: "waiting for a free slot", kind: "muted" };
+    if (t.state === "skipped" || t.state === "cancelled") return { text: t.message || last || "", kind: "muted" };
+    return { text: last || "", kind: "" };
   }
 
   patchRow(row) {
     const t = row.task;
     const { cells, key } = row;
     row.tr.dataset.state = t.state;
+    row.tr.dataset.mine = t.owner === this.user ? "1" : "0";
     const config = cells.config.firstChild;
-    setText(config, (t.config || "").replace(/^configs\//, ""));
-    config.title = t.message ? `${t.config}\n${t.message}` : t.config || "";
-    setText(cells.batch.firstChild, t.batch ?? t.batch_id ?? "");
+    setText(config, t.config.replace(/^configs\//, ""));
+    config.title = t.config;
+    const line = this.lineOf(t);
+    setText(row.line, line.text);
+    row.line.dataset.kind = line.kind;
+    row.line.title = [line.text, t.message && t.message !== line.text ? t.message : ""].filter(Boolean).join("\n");
+    setText(cells.owner, t.owner);
+    cells.owner.title = t.owner === this.user ? "You" : "";
+    setText(cells.batch.firstChild, t.batch);
     if (key.state !== t.state) {
       key.state = t.state;
       cells.state.replaceChildren(stateBadge(t.state), row.prog);
@@ -330,36 +444,56 @@ export class TasksTable {
     row.prog.title = `${p.done} / ${p.total}${left !== null ? ` · about ${formatDuration(left)} left` : ""}`;
   }
 
-  /** Apply a "progress" event: {task, done, total}. */
+  /** Apply a "progress" event: {task, batch, done, total}. */
   onProgress(p) {
-    if (!p || p.task === undefined || p.done === null || p.done === undefined) return;
-    this.progress.set(Number(p.task), { done: Number(p.done), total: Number(p.total) });
-    if (this.rows.has(Number(p.task))) {
-      this.dirty.add(Number(p.task));
+    this.progress.set(p.task, { done: p.done, total: p.total });
+    if (this.rows.has(p.task)) {
+      this.dirty.add(p.task);
       this.paint();
     }
   }
 
+  /** Apply a "lines" event: {lines: {task id: last line}} of running tasks. */
+  onLines(msg) {
+    for (const [key, line] of Object.entries(msg.lines)) {
+      const tid = Number(key);
+      this.lines.set(tid, line);
+      if (this.rows.has(tid)) this.dirty.add(tid);
+    }
+    this.paint();
+  }
+
   /** Take GET /progress's list (the running tasks' progress). */
   setProgress(list) {
-    for (const p of list || []) this.progress.set(Number(p.task), { done: Number(p.done), total: Number(p.total) });
+    for (const p of list) this.progress.set(p.task, { done: p.done, total: p.total });
     for (const row of this.rows.values()) if (row.task.state === "running") this.dirty.add(row.task.id);
     this.paint();
   }
 
+  /** Return true when a task belongs in the table under the current filters. */
+  matches(t) {
+    const f = this.filter;
+    return (!f.batch || String(t.batch) === f.batch) && (!f.state || t.state === f.state) &&
+      (!f.owner || t.owner === f.owner) && (!f.q || t.config.toLowerCase().includes(f.q.toLowerCase()));
+  }
+
   /** Apply a "task" event: patch the row if shown, re-fetch the page if the set of rows changes. */
   onTask(t) {
-    if (t && t.state && t.state !== "running") this.progress.delete(Number(t.id));
+    if (t.state !== "running") {
+      this.progress.delete(t.id);
+      this.lines.delete(t.id);
+    }
     const row = this.rows.get(t.id);
-    const matches = (!this.filter.batch || String(t.batch ?? t.batch_id) === this.filter.batch) &&
-      (!this.filter.state || t.state === this.filter.state);
+    const matches = this.matches(t);
     if (row) {
       const moved = LIVE_KEYS.has(this.sort.key) && row.task.state !== t.state;
+      const ended = FINAL_STATES.has(t.state) && row.task.state !== t.state;
       row.task = { ...row.task, ...t };
       this.dirty.add(t.id);
       this.paint();
-      // Out of the filter, or its place in the server's order changed: fetch the page again.
-      if (!matches || moved) this.refresh();
+      // Out of the filter, its place in the server's order changed, or it ended (its last
+      // line, or why it failed, comes with the page): fetch the page again.
+      if (!matches || moved || ended) this.refresh();
     } else if (matches) {
       // A new task (or one entering the filter): its place depends on the server's order.
       this.refresh();
@@ -386,20 +520,120 @@ export class TasksTable {
     const tr = button.closest("tr");
     const id = Number(tr.dataset.task);
     const action = button.dataset.action;
+    const row = this.rows.get(id);
     if (action === "filter-batch") {
       this.setFilter({ batch: button.textContent });
       return;
     }
+    if (action === "cancel" && !(await confirmCancelTask(row.task))) return;
     button.disabled = true;
     try {
-      const res = await post(`/tasks/${id}/${action}`);
-      const task = res && (res.task || (res.id === id ? res : null));
+      const task = action === "cancel" ? await api.cancelTask(id) : await api.retryTask(id);
       const shown = this.rows.get(id);
-      if (task && !isStale(shown && shown.task, task)) this.onTask(task);
+      if (!isStale(shown && shown.task, task)) this.onTask(task);
       toast(action === "cancel" ? `Task ${id} cancelled` : `Task ${id} queued again`, "ok", 2500);
     } catch (err) {
       toast(`Task ${id}: ${err.message}`, "error");
       button.disabled = false;
     }
   }
+
+  /** Cancel or retry every task the filters select, after a confirmation with the numbers. */
+  async bulk(action) {
+    // A search still being typed counts: the action must act on what the box says.
+    if (this.search.value.trim() !== this.filter.q) {
+      this.typed.cancel();
+      this.setFilter({ q: this.search.value.trim() });
+    }
+    const filter = this.apiFilter();
+    const button = this.$(`bulk-${action}`);
+    button.disabled = true;
+    try {
+      const plan = await api.bulk(action, filter, true);
+      const text = bulkText(plan, this.filterText(), this.user && !bootstrap().permissions.users);
+      if (!plan.affected) {
+        await confirmAction({ title: text.title, body: text.body, confirm: "OK", cancel: "Close", danger: false });
+        return;
+      }
+      const ok = await confirmAction({
+        title: text.title, body: text.body, confirm: text.confirm,
+        cancel: action === "cancel" ? "Keep them" : "Not now", danger: action === "cancel",
+      });
+      if (!ok) return;
+      const done = await api.bulk(action, filter, false);
+      toast(bulkDoneText(done), "ok", 4000);
+      this.refresh();
+    } catch (err) {
+      toast(`Not done: ${err.message}`, "error");
+    } finally {
+      button.disabled = !this.total;
+    }
+  }
+
+  /** Return the filters in words ("owner mia, state failed, config containing exp-2"). */
+  filterText() {
+    const f = this.filter;
+    const parts = [];
+    if (f.owner) parts.push(f.owner === this.user ? "your tasks" : `${f.owner}'s tasks`);
+    if (f.batch) parts.push(`batch #${f.batch}`);
+    if (f.state) parts.push(`state ${f.state}`);
+    if (f.q) parts.push(`config containing “${f.q}”`);
+    return parts.length ? parts.join(", ") : "all tasks";
+  }
+}
+
+/** Ask before cancelling one task; resolve to true when confirmed. */
+export function confirmCancelTask(t) {
+  const name = t.config.replace(/^configs\//, "");
+  const running = t.state === "running";
+  const grace = Number(bootstrap().kill_grace) || 5;
+  return confirmAction({
+    title: `Cancel task ${t.id}?`,
+    body: running
+      ? [`${name} is running on ${deviceLabel(t)} (${formatDuration(taskDuration(t))} so far).`,
+        `Its processes are stopped (SIGTERM, then SIGKILL after ${grace} s) and the work done so far is lost. Retry runs it again from the start.`]
+      : [`${name} has not started: it will not run. Retry queues it again.`],
+    confirm: "Cancel task",
+    cancel: running ? "Keep it running" : "Keep it queued",
+  });
+}
+
+/** Return the confirmation of a bulk action from its dry run: {title, body, confirm}. */
+export function bulkText(plan, what, member) {
+  const n = plan.affected;
+  const body = [];
+  let title;
+  let confirm;
+  if (plan.action === "cancel") {
+    title = n ? `Cancel ${plural(n, "task")}?` : "No task to cancel";
+    if (plan.running) body.push(`${plural(plan.running, "running task")} ${plan.running === 1 ? "is" : "are"} stopped: the work done so far is lost.`);
+    if (plan.queued) body.push(`${plural(plan.queued, "queued task")} will not start.`);
+    confirm = `Cancel ${plural(n, "task")}`;
+  } else {
+    title = n ? `Retry ${plural(n, "task")}?` : "No task to retry";
+    if (n) body.push(`${plural(n, "failed, cancelled or interrupted task")} ${n === 1 ? "is" : "are"} queued again, at the end of the queue.`);
+    confirm = `Retry ${plural(n, "task")}`;
+  }
+  const context = [`${plural(plan.matched, "task")} match${plan.matched === 1 ? "es" : ""} ${what}.`];
+  if (plan.other_state) {
+    context.push(`${plural(plan.other_state, "task")} ${plan.other_state === 1 ? "is" : "are"} left alone: ` +
+      (plan.action === "cancel" ? "already finished." : "not failed, cancelled or interrupted."));
+  }
+  if (plan.not_yours) {
+    context.push(`${plural(plan.not_yours, "task")} of other users ${plan.not_yours === 1 ? "is" : "are"} skipped` +
+      (member ? ": only their owners or an admin may touch them." : "."));
+  }
+  return { title, body: [...body, context.join(" ")], confirm };
+}
+
+/** Return the toast after a bulk action. */
+export function bulkDoneText(done) {
+  const skipped = done.not_yours ? ` (${plural(done.not_yours, "task")} of other users skipped)` : "";
+  if (done.action === "cancel") {
+    const parts = [];
+    if (done.queued) parts.push(`${plural(done.queued, "queued task")} cancelled`);
+    if (done.running) parts.push(`${plural(done.running, "running task")} stopping`);
+    return `${parts.join(", ") || "Nothing to cancel"}${skipped}`;
+  }
+  return `${done.affected ? `${plural(done.affected, "task")} queued again` : "Nothing to retry"}${skipped}`;
 }

@@ -2,7 +2,7 @@
 // live while the batch runs. Hovering (or focusing) a bar shows its config, duration, peak
 // memory and exit code; clicking it opens the task.
 
-import { get } from "./api.js";
+import * as api from "./api.js";
 import {
   formatBytes, formatDuration, formatFullTime, formatTime, h, plural, rafBatch, root, setText, throttle,
 } from "./util.js";
@@ -79,7 +79,7 @@ export class Timeline {
 
   /** A task changed: re-fetch when it belongs to the batch shown (at most once a second). */
   onTask(t) {
-    if (this.batchId !== null && Number(t.batch ?? t.batch_id) === this.batchId) this.refresh();
+    if (this.batchId !== null && t.batch === this.batchId) this.refresh();
   }
 
   async load() {
@@ -87,7 +87,7 @@ export class Timeline {
     if (id === null) return;
     let data;
     try {
-      data = await get(`/batches/${id}/timeline`);
+      data = await api.timeline(id);
     } catch (e) {
       if (id !== this.batchId) return;
       this.body.replaceChildren(h("p.error-text", { role: "alert" }, `Cannot load the timeline: ${e.message} `,
@@ -215,10 +215,13 @@ export class Timeline {
     const key = `${b.task}|${b.state}|${Math.floor(dur)}|${b.peak_memory}|${b.exit_code}`;
     if (this.tip.dataset.key === key) return;
     this.tip.dataset.key = key;
-    this.tip.replaceChildren(
+    // replaceChildren would print a null as "null": only nodes go in.
+    const parts = [
       h("div.tl-tip-head", null, h("span.mono", null, `#${b.task}`), " ", h("span.mono", null, b.config.replace(/^configs\//, ""))),
       h("dl", null, facts.map(([k, v]) => [h("dt", null, k), h("dd", null, String(v))])),
-      b.message ? h("p.tl-tip-msg", null, b.message) : null);
+    ];
+    if (b.message) parts.push(h("p.tl-tip-msg", null, b.message));
+    this.tip.replaceChildren(...parts);
   }
 
   placeTip(e) {

@@ -282,3 +282,23 @@ export async function saveWholeNumber(input, status, { current, min, max, hint, 
     delete input.dataset.saving;
   }
 }
+
+/** Return a remembered value of this browser (localStorage), or ``fallback``. */
+export function remembered(key, fallback = null) {
+  try {
+    const v = window.localStorage.getItem(`slotrun.${key}`);
+    return v === null ? fallback : v;
+  } catch (e) {
+    return fallback;
+  }
+}
+
+/** Remember a value in this browser (null forgets it). */
+export function remember(key, value) {
+  try {
+    if (value === null || value === undefined) window.localStorage.removeItem(`slotrun.${key}`);
+    else window.localStorage.setItem(`slotrun.${key}`, String(value));
+  } catch (e) {
+    // private mode or storage full: the choice is simply not kept
+  }
+}
