@@ -44,5 +44,6 @@ WORKDIR /workspace
 VOLUME ["/workspace"]
 EXPOSE 5000
 
-# One worker: the scheduler lives in it. Threads serve the page, the API and the websockets.
-CMD ["gunicorn", "-w", "1", "--threads", "100", "-b", "0.0.0.0:5000", "app:create_app()"]
+# gunicorn with one worker (the scheduler lives in it) and threads for the page, the API and
+# the websockets; accounts are on, so the first start prints the set-up link.
+CMD ["slotrun", "serve", "--host", "0.0.0.0", "--port", "5000"]

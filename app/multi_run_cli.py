@@ -35,15 +35,16 @@ def _slots(text):
     return value
 
 
-def multi_run_parser():
-    """Return the argument parser of multi-run.py."""
+def multi_run_parser(prog="multi-run.py"):
+    """Return the argument parser of multi-run.py (also ``slotrun run``)."""
+    shown = "python multi-run.py" if prog == "multi-run.py" else prog
     p = argparse.ArgumentParser(
-        prog="multi-run.py", allow_abbrev=False,
+        prog=prog, allow_abbrev=False,
         description="Run every config matching KEY, python run.py -c CONFIG each, on free GPU "
                     "(or CPU) slots: GPU i runs at most N_i tasks at once, and the next task "
                     "starts as soon as one finishes.",
-        epilog='examples:\n  python multi-run.py -c exp-1 -d 0 1 0 1 -check false\n'
-               '  python multi-run.py -c "exp-(2|3)-1-\\d*" -gpu false -d 3 -check false',
+        epilog=f'examples:\n  {shown} -c exp-1 -d 0 1 0 1 -check false\n'
+               f'  {shown} -c "exp-(2|3)-1-\\d*" -gpu false -d 3 -check false',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", "-config", dest="key", required=True, metavar="KEY",
                    help="Python regular expression searched in each config path "
@@ -72,9 +73,9 @@ def multi_run_parser():
     return p
 
 
-def multi_run(argv=None):
-    """Run multi-run.py; return its exit status."""
-    parser = multi_run_parser()
+def multi_run(argv=None, prog="multi-run.py"):
+    """Run multi-run.py (or ``slotrun run``); return its exit status."""
+    parser = multi_run_parser(prog)
     args = parser.parse_args(argv)
     try:
         settings = settings_mod.load({"workspace": args.workspace, "command": args.command})

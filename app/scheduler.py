@@ -274,20 +274,7 @@ class Engine:
         self._thread = None
 
     def _acquire_lock(self):
-        folder = state_dir(self.workspace)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "engine.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            finally:
-                os.close(fd)
-            raise WorkspaceLocked(
-                f"workspace {self.workspace} is already in use by another slotrun engine "
-                f"({holder or 'unknown process'}); stop it first or use another --workspace") from None
+        fd = _take_workspace_lock(self.workspace)
         os.ftruncate(fd, 0)
         cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:6]))
         os.pwrite(fd, f"pid {os.getpid()}: {cmd}\n".encode(), 0)
@@ -1082,6 +1069,29 @@ class Engine:
                       "free": free, "reserved": res,
                       "available": None if free is None else free - res, "blocked": blocked}
         return out
+
+def _take_workspace_lock(workspace):
+    """Take the workspace's engine lock; return its descriptor, or raise WorkspaceLocked."""
+    folder = state_dir(workspace)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, "engine.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+        raise WorkspaceLocked(
+            f"workspace {workspace} is already in use by another slotrun engine "
+            f"({holder or 'unknown process'}); stop it first or use another --workspace") from None
+    return fd
+
+
+def check_workspace_free(workspace):
+    """Raise WorkspaceLocked when another engine holds the workspace (the lock is not kept)."""
+    os.close(_take_workspace_lock(workspace))
+
 
 def _mtime(path):
     try:

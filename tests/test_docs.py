@@ -25,4 +25,10 @@ def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one():
     assert test_cmd in text
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         assert test_cmd in f.read()
-    assert "python3 -m app serve" in text
+    quick = text[text.index("## Quick start"):]
+    block = quick[quick.index("```bash"):quick.index("```", quick.index("```bash") + 7)]
+    lines = [line for line in block.splitlines() if line and not line.startswith(("#", "```"))]
+    # The virtual environment first, then the two commands: the dashboard, then the tests.
+    assert lines[0].startswith("python3 -m venv .venv && . .venv/bin/activate")
+    assert lines[1].endswith("SLOTRUN_FAKE_GPUS=4 slotrun serve")
+    assert lines[2] == test_cmd

@@ -87,7 +87,8 @@ def test_server_posts_batch_finished_and_task_failed_to_the_lab_webhook(tmp_path
     server = ServerProcess(tmp_path / "server.log", task_env(
         SLOTRUN_AUTH="false", SLOTRUN_SIM_TIME=0.2, SLOTRUN_CPU_SLOTS=2,
         SLOTRUN_NOTIFY_WEBHOOK=hook.url, SLOTRUN_PUBLIC_URL="http://lab.example:5000",
-        SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu")), ws)
+        SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu")), ws,
+        extra_args=("--log-level", "info"))  # deliveries are logged at info
     try:
         status, batch = server.json_api("POST", "/batches", {"pattern": "exp-1|bad-1",
                                                              "use_gpu": False})
@@ -129,7 +130,8 @@ def test_a_webhook_that_never_answers_does_not_slow_the_engine(tmp_path, receive
     server = ServerProcess(tmp_path / "server.log", task_env(
         SLOTRUN_AUTH="false", SLOTRUN_SIM_TIME=0.3, SLOTRUN_CPU_SLOTS=1,
         SLOTRUN_NOTIFY_WEBHOOK=stuck.url, SLOTRUN_NOTIFY_TIMEOUT=1, SLOTRUN_NOTIFY_RETRIES=0,
-        SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu")), ws)
+        SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu")), ws,
+        extra_args=("--log-level", "info"))
     try:
         ids = []
         for pattern in ("exp-1-1", "exp-1-2", "exp-1-3", "exp-2-1-1"):

@@ -382,7 +382,7 @@ def server(tmp_path_factory):
             f.write("model_params: {name: circle, radius: 1}\n")
     srv = ServerProcess(base / "server.log", task_env(
         PYTHONUNBUFFERED=1, SLOTRUN_AUTH="true", SLOTRUN_FAKE_GPU_DIR=str(base / "fakegpu")),
-        ws, ready_status=401)
+        ws, ready_status=401, extra_args=("--access-log",))
     try:
         link = wait_for(lambda: re.search(r"http://127\.0\.0\.1:\d+/setup\?token=\S+",
                                           srv.output()), 10).group(0)

@@ -76,9 +76,9 @@ def sign_in_message():
     """Return what a stranger should do: sign in, or fix the API token sent."""
     if signed_in_by_token():
         return ("the API token is not valid (revoked, or mistyped); create one with: "
-                "python -m app token create NAME")
+                "slotrun token create NAME")
     return ("sign in first: log in at /login, or send Authorization: Bearer TOKEN "
-            "(create one with: python -m app token create NAME)")
+            "(create one with: slotrun token create NAME)")
 
 
 def _refusal(user, need, action, owner):

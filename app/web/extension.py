@@ -77,6 +77,15 @@ class Slotrun:
                 self._figures_at = now
             return self._figures
 
+    def shutdown(self):
+        """Close every browser's live connection, then this app (running tasks keep running)."""
+        for sid in list(self.clients):
+            try:
+                self.socketio.server.disconnect(sid, namespace="/")
+            except Exception:  # noqa: BLE001 - it may have gone meanwhile
+                pass
+        self.close()
+
     def close(self):
         """Stop this app's threads and release the engine (stopped when no app uses it)."""
         if self._closed:

@@ -84,9 +84,9 @@ def build_app(config=None):
     if slotrun.auth and not slotrun.accounts.has_users():
         slotrun.setup_token = secrets.token_urlsafe(24)
         if app.config.get("ANNOUNCE_SETUP", not app.testing):
-            # Under gunicorn this reaches its error log; `python -m app serve` prints its own.
+            # Under gunicorn this reaches its error log; `slotrun serve` prints its own.
             print(f"slotrun: no account exists yet; create the first admin at "
-                  f"{slotrun.setup_url('http://HOST:PORT')} (or run: python -m app users add "
+                  f"{slotrun.setup_url('http://HOST:PORT')} (or run: slotrun users add "
                   "NAME --role admin)", file=sys.stderr, flush=True)
 
     app.register_blueprint(api.bp, url_prefix="/api/v1")

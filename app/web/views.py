@@ -168,7 +168,7 @@ def setup():
     s = get_slotrun()
     if not s.auth or s.setup_token is None or s.accounts.has_users():
         raise NotFound("the server is already set up: log in instead (an admin adds users "
-                       "on the Users page or with python -m app users add NAME)")
+                       "on the Users page or with slotrun users add NAME)")
     given = request.values.get("token", "")
     address = request.remote_addr or "?"
     if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "replace"),

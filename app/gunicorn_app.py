@@ -1,0 +1,83 @@
+"""``slotrun serve`` on gunicorn: one worker with threads, the engine in the worker.
+
+A ``gunicorn.app.base.BaseApplication`` subclass keeps ``serve``'s own options (no gunicorn
+command line to learn) and the rules of the deployment the README documents: exactly one
+worker, because the engine lives in it; never ``preload`` (the app, and so the engine, is built
+in the worker, not in the master); threads, because each open browser holds one for its
+websocket. SIGTERM stops it as Ctrl-C does: the worker closes the browsers' connections,
+stops the engine (running tasks keep running, to be re-adopted by the next server) and exits.
+"""
+
+import signal
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+
+from . import create_app
+
+
+class SlotrunWorker(ThreadWorker):
+    """gunicorn's threaded worker, stopping at once on SIGTERM as on SIGINT.
+
+    Its graceful stop would wait for every open connection, and a browser's websocket stays
+    open as long as the page does: the server would hang for ``graceful_timeout``.
+    """
+
+    def handle_exit(self, sig, frame):
+        """Stop now (SIGTERM), as ``handle_quit`` does for SIGINT and SIGQUIT."""
+        self.handle_quit(sig, frame)
+
+
+def _worker_exit(server, worker):
+    """Close the app in the exiting worker: its browsers' connections, then its engine."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+    app = getattr(worker, "slotrun_app", None)
+    if app is not None:
+        app.extensions["slotrun"].shutdown()
+
+
+def _post_worker_init(worker):
+    """Keep the worker's app where the exit hook finds it."""
+    worker.slotrun_app = worker.wsgi
+
+
+class GunicornServer(BaseApplication):
+    """The dashboard served by gunicorn, configured from ``serve``'s options."""
+
+    def __init__(self, config, settings, threads, access_log, log_level, announce):
+        self.app_config = config
+        self.settings = settings
+        self.options = {
+            "bind": [_bind(config["host"], config["port"])],
+            "workers": 1,  # the engine lives in the worker: exactly one
+            "worker_class": SlotrunWorker,
+            "threads": threads,
+            "preload_app": False,  # the engine must start in the worker, never in the master
+            "timeout": 60,
+            "graceful_timeout": int(float(settings["kill_grace"])) + 15,
+            "loglevel": log_level,  # "warning": no start-up chatter of gunicorn's own
+            "accesslog": "-" if access_log else None,
+            "errorlog": "-",
+            "proc_name": "slotrun",
+            "worker_exit": _worker_exit,
+            "post_worker_init": _post_worker_init,
+        }
+        self.announce = announce
+        super().__init__(prog="slotrun serve")
+
+    def load_config(self):
+        """Apply the options (not gunicorn's command line, nor a config file)."""
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        """Build the app, and with it the engine, in the worker; print the start-up message."""
+        app = create_app(self.app_config)
+        self.announce(app)
+        return app
+
+
+def _bind(host, port):
+    """Return gunicorn's bind address ("[::1]:5000" for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
