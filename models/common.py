@@ -1,10 +1,12 @@
 """Helpers shared by the sample models: simulated computation time and GPU memory.
 
 ``sim_time`` (seconds, in model_params; $SLOTRUN_SIM_TIME overrides it) stands in for a
-long simulation. ``gpu_memory`` (e.g. "2GiB", or a profile [[seconds, "1GiB"], [0.5,
-"3GiB"]]; ``sim_gpu_memory`` does the same without declaring it) makes the model hold that
-much GPU memory: real memory through PyTorch when CUDA is
-available, otherwise simulated memory on the GPUs that SLOTRUN_FAKE_GPUS simulates.
+long simulation; ``progress_steps`` prints ``step i/n`` lines along it, and ``diverge_at_step``
+makes the run fail there with a readable error, as a simulation that blows up does.
+``gpu_memory`` (e.g. "2GiB", or a profile [[seconds, "1GiB"], [0.5, "3GiB"]];
+``sim_gpu_memory`` does the same without declaring it) makes the model hold that much GPU
+memory: real memory through PyTorch when CUDA is available, otherwise simulated memory on the
+GPUs that SLOTRUN_FAKE_GPUS simulates.
 """
 
 import fcntl
@@ -134,12 +136,17 @@ def simulate(params):
                 time.sleep(wait)
             mem.hold(nbytes)
         progress = int(params.get("progress_steps", 0))
+        diverge = int(params.get("diverge_at_step", 0))  # a run that blows up there (the demo)
         if progress:
             for i in range(1, progress + 1):
                 wait = start + total * i / progress - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 print(f"step {i}/{progress}", flush=True)
+                if i == diverge:
+                    raise FloatingPointError(
+                        f"the solution diverged at step {i}/{progress} (residual 3.2e+09 > "
+                        "1e+06): lower the time step")
         left = start + total - time.monotonic()
         if left > 0:
             time.sleep(left)

@@ -376,6 +376,7 @@ export class TasksTable {
       return { text: last && last !== t.message ? last : t.message || last || "", kind: "error" };
     }
     if (t.state === "queued") return { text: "waiting for a free slot", kind: "muted" };
+    if (t.state === "running" && !last) return { text: "started: no output yet", kind: "muted" };
     if (t.state === "skipped" || t.state === "cancelled") return { text: t.message || last || "", kind: "muted" };
     return { text: last || "", kind: "" };
   }
