@@ -182,3 +182,70 @@ class Accounts:
             self.db.touch_token(row["id"])
         return {"id": row["user_id"], "name": row["user_name"], "role": row["role"],
                 "token_id": row["id"]}
+
+
+INVITE_HOURS = (1, 24, 168)  # how long an invite link may work: an hour, a day, a week
+DEFAULT_INVITE_HOURS = 24
+
+
+class Invites:
+    """One-time links that let a teammate create their own account with a given role."""
+
+    def __init__(self, store):
+        self.db = AccountStore(store)
+
+    def create(self, role, created_by, name=None, hours=DEFAULT_INVITE_HOURS):
+        """Create an invite; return (the invite's row, its secret, shown once in the link)."""
+        check_role(role)
+        if name:
+            check_name(name)
+            if self.db.get_user(name=name) is not None:
+                raise Conflict(f"user {name} already exists; invite another name, or none")
+        if hours not in INVITE_HOURS:
+            raise SlotrunError(f"an invite works for 1, 24 or 168 hours, not {hours!r}")
+        secret = secrets.token_urlsafe(24)
+        invite_id = self.db.add_invite(_secret_hash(secret), role, name or None, created_by,
+                                       time.time() + hours * 3600)
+        return self.db.get_invite(invite_id=invite_id), secret
+
+    def find(self, secret):
+        """Return the pending invite of a link's secret, or raise an error saying why not."""
+        row = self.db.get_invite(secret_hash=_secret_hash(secret)) \
+            if isinstance(secret, str) and 0 < len(secret) <= 200 else None
+        if row is None:
+            raise NotFound("this invite link is not valid: check that it was copied whole, or "
+                           "ask an admin for a new one")
+        if row["used_at"] is not None:
+            raise Conflict(f"this invite link was already used (by {row['used_by']}, "
+                           f"{_when(row['used_at'])}); log in instead, or ask an admin for a new "
+                           "one")
+        if row["expires_at"] <= time.time():
+            raise Conflict(f"this invite link expired {_when(row['expires_at'])}; ask an admin "
+                           "for a new one")
+        return row
+
+    def accept(self, secret, name, password):
+        """Create the invitee's account from a link (once); return the new user."""
+        row = self.find(secret)
+        if row["name"] and name != row["name"]:
+            raise SlotrunError(f"this invite is for the user name {row['name']}")
+        check_name(name)
+        check_password(password)
+        user_id = self.db.accept_invite(row["id"], name, row["role"],
+                                        generate_password_hash(password), time.time())
+        return {"id": user_id, "name": name, "role": row["role"]}
+
+    def pending(self):
+        """Return the invites that still work, newest first."""
+        return self.db.pending_invites(time.time())
+
+    def revoke(self, invite_id):
+        """Make an invite's link stop working."""
+        if self.db.get_invite(invite_id=invite_id) is None:
+            raise NotFound(f"invite {invite_id} not found")
+        self.db.remove_invite(invite_id)
+
+
+def _when(t):
+    """Return a time as "on 2026-11-30 at 14:05 UTC"."""
+    return time.strftime("on %Y-%m-%d at %H:%M UTC", time.gmtime(t))

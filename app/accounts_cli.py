@@ -1,11 +1,13 @@
-"""python -m app users … / token …: manage accounts from the shell."""
+"""slotrun users … / token … (or python -m app): manage accounts from the shell."""
 
 import argparse
 import getpass
 import sys
+import time
+from urllib.parse import quote
 
 from . import settings as settings_mod
-from .accounts import Accounts, check_name, check_role
+from .accounts import Accounts, Invites, check_name, check_role
 from .errors import SlotrunError
 from .paths import state_db
 from .store import Store
@@ -31,6 +33,14 @@ def add_commands(sub):
     ro = us.add_parser("role", help="change a user's role")
     ro.add_argument("name")
     ro.add_argument("role", help="admin, member or viewer")
+    inv = us.add_parser("invite", help="print a one-time link for a teammate to join")
+    inv.add_argument("--role", default="member", help="admin, member or viewer (default member)")
+    inv.add_argument("--name", default=None, help="the user name it is for (default: they choose)")
+    inv.add_argument("--hours", type=int, default=24, choices=(1, 24, 168),
+                     help="how long the link works (default 24)")
+    inv.add_argument("--url", default=None, metavar="URL",
+                     help="the server's address as teammates reach it (default "
+                          "http://HOST:PORT of the settings)")
     users.set_defaults(func=_users)
 
     token = sub.add_parser("token", help="create, list or revoke API tokens")
@@ -94,7 +104,21 @@ def _users(args):
     elif args.action == "role":
         acc.set_role(args.name, args.role)
         print(f"{args.name} is now {args.role}.")
+    elif args.action == "invite":
+        _invite(args)
     return 0
+
+
+def _invite(args):
+    s = settings_mod.load({"workspace": args.workspace})
+    invites = Invites(Store(state_db(s["workspace"])))
+    invite, secret = invites.create(args.role, getpass.getuser(), name=args.name,
+                                    hours=args.hours)
+    base = (args.url or f"http://{s['host']}:{s['port']}").rstrip("/")
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(invite["expires_at"]))
+    who = f"{invite['name']} ({invite['role']})" if invite["name"] else f"a {invite['role']}"
+    print(f"Invite for {who}: it works once, until {until} (shown only now):")
+    print(f"{base}/join?token={quote(secret)}")
 
 
 def _token(args):

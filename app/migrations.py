@@ -103,6 +103,20 @@ MIGRATIONS = [
     # 0.1.0 created a key/value table that nothing ever read; the version now lives in
     # PRAGMA user_version.
     Migration(2, "drop the unused meta table", "DROP TABLE IF EXISTS meta"),
+    # Teammates join with a one-time link instead of a password an admin chose; the link's
+    # secret is stored hashed, never the link itself.
+    Migration(3, "invites: one-time links to join with a role", """
+        CREATE TABLE IF NOT EXISTS invites (
+            id          INTEGER PRIMARY KEY,
+            secret_hash TEXT NOT NULL UNIQUE,
+            role        TEXT NOT NULL,
+            name        TEXT,
+            created_by  TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            expires_at  REAL NOT NULL,
+            used_at     REAL,
+            used_by     TEXT
+        )"""),
 ]
 
 LATEST = MIGRATIONS[-1].version

@@ -546,6 +546,54 @@ class AccountStore:
         with self.store._write() as c:
             c.execute("DELETE FROM tokens WHERE id=?", (token_id,))
 
+    # -- invites: one-time links to join --------------------------------------------------
+
+    def add_invite(self, secret_hash, role, name, created_by, expires_at):
+        """Record an invite; return its id."""
+        with self.store._write() as c:
+            return c.execute("INSERT INTO invites(secret_hash, role, name, created_by, "
+                             "created_at, expires_at) VALUES(?,?,?,?,?,?)",
+                             (secret_hash, role, name, created_by, time.time(),
+                              expires_at)).lastrowid
+
+    def get_invite(self, secret_hash=None, invite_id=None):
+        """Return an invite by its secret's hash or its id, or None."""
+        if invite_id is not None:
+            row = self._conn().execute("SELECT * FROM invites WHERE id=?", (invite_id,)).fetchone()
+        else:
+            row = self._conn().execute("SELECT * FROM invites WHERE secret_hash=?",
+                                       (secret_hash,)).fetchone()
+        return dict(row) if row else None
+
+    def pending_invites(self, now):
+        """Return the invites not used yet and not expired, newest first (without hashes)."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT id, role, name, created_by, created_at, expires_at FROM invites "
+            "WHERE used_at IS NULL AND expires_at > ? ORDER BY id DESC", (now,))]
+
+    def accept_invite(self, invite_id, name, role, password_hash, now):
+        """Use an invite and create its user, both or neither; return the user's id.
+
+        Conflict when the invite was used or expired meanwhile, or the name is taken.
+        """
+        try:
+            with self.store._write() as c:
+                used = c.execute("UPDATE invites SET used_at=?, used_by=? WHERE id=? AND "
+                                 "used_at IS NULL AND expires_at > ?",
+                                 (now, name, invite_id, now)).rowcount
+                if not used:
+                    raise Conflict("this invite link was used or has expired meanwhile; ask an "
+                                   "admin for a new one")
+                return c.execute("INSERT INTO users(name, role, password_hash, created_at) "
+                                 "VALUES(?,?,?,?)", (name, role, password_hash, now)).lastrowid
+        except sqlite3.IntegrityError:
+            raise Conflict(f"user {name} already exists; choose another name") from None
+
+    def remove_invite(self, invite_id):
+        """Delete an invite (its link stops working)."""
+        with self.store._write() as c:
+            c.execute("DELETE FROM invites WHERE id=?", (invite_id,))
+
 
 class _Tx:
     """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error)."""

@@ -88,7 +88,10 @@ MATRIX = {
     ("views.token_revoke", "POST"): SELF,
     ("views.password_change", "POST"): SELF,
     ("views.users", "GET"): ADMIN,
-    ("views.user_create", "POST"): ADMIN,
+    ("views.invite_create", "POST"): ADMIN,
+    ("views.invite_revoke", "POST"): ADMIN,
+    ("views.join", "GET"): PUBLIC,
+    ("views.join", "POST"): PUBLIC,
     ("views.user_role", "POST"): ADMIN,
     ("views.user_remove", "POST"): ADMIN,
 }
@@ -110,7 +113,10 @@ ALLOWED_STATUS = {
     ("views.token_create", "POST"): {201},
     ("views.token_revoke", "POST"): {303},
     ("views.password_change", "POST"): {400},  # the current password given is wrong
-    ("views.user_create", "POST"): {201},
+    ("views.invite_create", "POST"): {201},
+    ("views.invite_revoke", "POST"): {303, 404},  # the first call revokes it; it is gone after
+    ("views.join", "GET"): {404},  # no valid invite link given, whoever asks
+    ("views.join", "POST"): {404},
     ("views.user_role", "POST"): {303},
     ("views.user_remove", "POST"): {303},
 }
@@ -133,7 +139,7 @@ BODIES = {
     "views.login": {"name": "nobody", "password": "wrong-password"},
     "views.token_create": {"label": "matrix"},
     "views.password_change": {"current": "wrong", "password": "x" * 8, "password2": "x" * 8},
-    "views.user_create": {"name": "newbie", "role": "viewer", "password": "newbie-pass"},
+    "views.invite_create": {"role": "viewer", "hours": "24"},
     "views.user_role": {"role": "member"},
 }
 
@@ -212,13 +218,15 @@ def test_every_route_and_method_follows_the_access_matrix(shared):
                  "member_other": s.accounts.create_token("mia", "y")[0],
                  "admin": s.accounts.create_token("ada", "x")[0], "anonymous": 1}
     user_target = {"views.user_role": "spare", "views.user_remove": "spare2"}
+    invite = s.invites.create("viewer", "ada")[0]["id"]
 
     def values(role, endpoint):
         owner = "otto" if role in ("member_other", "admin") else "mia"
         batch = batches[owner]
         return {"task_id": batch["tasks"][0]["id"], "batch_id": batch["id"],
                 "device_id": "gpu0", "subpath": "area.txt", "filename": "css/app.css",
-                "token_id": own_token[role], "name": user_target.get(endpoint, "spare")}
+                "token_id": own_token[role], "name": user_target.get(endpoint, "spare"),
+                "invite_id": invite}
 
     pairs = []
     missing = []

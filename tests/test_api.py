@@ -612,7 +612,7 @@ def test_every_route_answers_with_its_access_check(client):
     wait_batch(client, b["id"])
     tid = b["tasks"][0]["id"]
     values = {"task_id": tid, "batch_id": b["id"], "device_id": "gpu0", "subpath": "area.txt",
-              "filename": "css/app.css", "token_id": 1, "name": "nobody"}
+              "filename": "css/app.css", "token_id": 1, "name": "nobody", "invite_id": 1}
     bodies = {"api.batch_create": {"pattern": "exp-1-1"}, "api.device_update": {"slots": 1},
               "api.batch_priority": {"priority": 1}}
     app = client.application

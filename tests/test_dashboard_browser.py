@@ -269,3 +269,39 @@ def test_no_javascript_error_on_any_page_and_the_account_pages_confirm(browser, 
         expect(dialog).to_contain_text(f"Revoke token {token_id} (to revoke)?")
         dialog.get_by_role("button", name="Revoke token").click()
         expect(page.locator(f'tr[data-token="{token_id}"]')).to_have_count(0)
+
+
+def test_a_teammate_joins_with_an_invite_link(browser, server, artifacts_dir):
+    with checked_page(browser) as admin:
+        sign_in(admin, server, "ada")
+        admin.goto(server.url + "/users")
+        admin.get_by_label("Role", exact=True).select_option("member")
+        admin.get_by_label("The link works for").select_option(label="24 hours")
+        admin.get_by_role("button", name="Create invite link").click()
+        box = admin.locator(".new-invite")
+        expect(box).to_contain_text("Invite link for a new user (member).")
+        expect(box).to_contain_text("it works once, until")
+        link = admin.get_by_label("The invite link").input_value()
+        assert link.startswith(server.url + "/join?token=")
+        expect(admin.locator(".invites-table tbody tr")).to_have_count(1)
+        box.screenshot(path=os.path.join(artifacts_dir, "invite-link.png"))
+    # The teammate, in another browser: the link, a name and a password, and they are in.
+    with checked_page(browser) as guest:
+        guest.goto(link)
+        expect(guest.get_by_role("heading", name="Join slotrun as a member")).to_be_visible()
+        expect(guest.locator(".auth-note")).to_contain_text("ada invited you.")
+        guest.get_by_label("User name").fill("nell")
+        guest.get_by_label("Password", exact=True).fill("pw-nell-123")
+        guest.get_by_label("Repeat the password").fill("pw-nell-123")
+        guest.get_by_role("button", name="Create my account and log in").click()
+        expect(guest).to_have_url(server.url + "/")
+        expect(guest.locator("#user-menu .user-name")).to_contain_text("nell")
+        expect(guest.locator("#live-badge")).to_have_attribute("data-state", "live")
+        # The link worked once.
+        guest.goto(link)
+        expect(guest.locator(".form-error")).to_contain_text("this invite link was already used (by nell, on ")
+    with checked_page(browser) as admin:
+        sign_in(admin, server, "ada")
+        admin.goto(server.url + "/users")
+        expect(admin.locator('tr[data-user="nell"] select')).to_have_value("member")
+        expect(admin.locator(".invites-table")).to_have_count(0)

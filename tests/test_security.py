@@ -284,15 +284,15 @@ def test_admin_users_page(app):
     csrf = session_csrf(admin)
     assert member.get("/users").status_code == 403
     assert b'data-user="vic"' in admin.get("/users").data
-    r = admin.post("/users", data={"name": "newbie", "role": "member", "password": "newbie-pw-1",
-                                   "csrf_token": csrf})
-    assert r.status_code == 201 and b"Added newbie (member)" in r.data
-    r = admin.post("/users", data={"name": "newbie", "role": "member", "password": "newbie-pw-1",
-                                   "csrf_token": csrf})
-    assert r.status_code == 409 and b"already exists" in r.data
-    r = admin.post("/users", data={"name": "x", "role": "root", "password": "whatever-1",
-                                   "csrf_token": csrf})
+    # Teammates join with a one-time link (see test_invites); here the admin's side of it.
+    r = admin.post("/users/invites", data={"name": "mia", "role": "member", "hours": "24",
+                                           "csrf_token": csrf})
+    assert r.status_code == 409 and b"user mia already exists" in r.data
+    r = admin.post("/users/invites", data={"role": "root", "hours": "24", "csrf_token": csrf})
     assert r.status_code == 400 and b"valid: admin, member, viewer" in r.data
+    assert member.post("/users/invites", data={"role": "admin", "hours": "24",
+                                               "csrf_token": session_csrf(member)}).status_code == 403
+    app.extensions["slotrun"].accounts.add_user("newbie", "member", "newbie-pw-1")
     r = admin.post("/users/newbie/role", data={"role": "viewer", "csrf_token": csrf})
     assert r.status_code == 303
     r = admin.post("/users/ada/role", data={"role": "member", "csrf_token": csrf})

@@ -29,8 +29,9 @@ ACTIONS = {
     "batch.priority": "priority",
     "account.read": "tokens", "token.create": "tokens", "token.revoke": "tokens",
     "password.change": "tokens",
-    "user.read": "users", "user.create": "users", "user.update": "users", "user.remove": "users",
-    "auth.login": None, "auth.logout": None, "auth.setup": None,
+    "user.read": "users", "user.update": "users", "user.remove": "users",
+    "invite.create": "users", "invite.revoke": "users",
+    "auth.login": None, "auth.logout": None, "auth.setup": None, "auth.join": None,
 }
 
 # What a refused action was, for the 403 message.

@@ -220,7 +220,7 @@ def _csrf_matches(sent):
 # -- login limits ---------------------------------------------------------------------------------
 
 def limit_sign_ins(app, refuse_login, refuse_setup, per_name, per_address, window):
-    """Count failed sign-ins on the login and set-up pages (Flask-Limiter, in memory).
+    """Count failed sign-ins on the login, set-up and join pages (Flask-Limiter, in memory).
 
     A failure is counted only where the page says so (``sign_in_failed``), never for a
     refused attempt; a success forgets the name's failures (``forget_name_failures``).
@@ -244,9 +244,10 @@ def limit_sign_ins(app, refuse_login, refuse_setup, per_name, per_address, windo
     login = limiter.limit(by_name, key_func=_login_name, scope=NAME_SCOPE, methods=["POST"],
                           deduct_when=failed, on_breach=refusal(refuse_login))(login)
     app.view_functions["views.login"] = login
-    setup = app.view_functions["views.setup"]
-    app.view_functions["views.setup"] = limiter.shared_limit(
-        by_address, ADDRESS_SCOPE, deduct_when=failed, on_breach=refusal(refuse_setup))(setup)
+    for page in ("views.setup", "views.join"):  # the one-time links: guesses count too
+        view = app.view_functions[page]
+        app.view_functions[page] = limiter.shared_limit(
+            by_address, ADDRESS_SCOPE, deduct_when=failed, on_breach=refusal(refuse_setup))(view)
 
 
 def _login_name():

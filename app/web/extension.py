@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from flask import current_app
 
-from ..accounts import Accounts
+from ..accounts import Accounts, Invites
 from ..version import __version__
 from .runtime import release_runtime
 
@@ -44,6 +44,7 @@ class Slotrun:
         self.sockets = {}  # sid -> how the client signed in (never the token itself)
         self.sockets_lock = threading.Lock()
         self._accounts = None
+        self._invites = None
 
     @property
     def accounts(self):
@@ -51,6 +52,13 @@ class Slotrun:
         if self._accounts is None:
             self._accounts = Accounts(self.runtime.store)
         return self._accounts
+
+    @property
+    def invites(self):
+        """Return the workspace's invite links."""
+        if self._invites is None:
+            self._invites = Invites(self.runtime.store)
+        return self._invites
 
     def setup_url(self, base):
         """Return the one-time first-admin link under ``base`` (None once a user exists)."""

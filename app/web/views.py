@@ -8,7 +8,7 @@ import time
 
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 
-from ..accounts import ROLES, can
+from ..accounts import INVITE_HOURS, ROLES, can
 from ..errors import Conflict, NotFound, SlotrunError
 from ..task import ACTIVE_STATES, FINAL_STATES, RETRYABLE_STATES, STATES
 from .access import authorize, public
@@ -284,30 +284,82 @@ def password_change():
 
 # -- users (admins) -------------------------------------------------------------------------------
 
-def _users_page(status=200, message=None, error=None, name=""):
+def _users_page(status=200, message=None, error=None, new_invite=None, form=None):
     s = get_slotrun()
     return _page("users.html", status, users=s.accounts.list_users(), roles=ROLES,
-                 message=message, error=error, name=name)
+                 invites=s.invites.pending(), hours=INVITE_HOURS, message=message, error=error,
+                 new_invite=new_invite, form=form or {})
 
 
 @bp.get("/users")
 def users():
-    """List the users with their roles (admins only)."""
+    """List the users with their roles, and the pending invites (admins only)."""
     authorize("user.read")
     return _users_page()
 
 
-@bp.post("/users")
-def user_create():
-    """Add a user with a role and a first password (admins only)."""
-    authorize("user.create")
-    name = _form("name", 64).strip()
+def _join_url(secret):
+    """Return the absolute address of an invite link (as this request reached the server)."""
+    return url_for("views.join", token=secret, _external=True)
+
+
+@bp.post("/users/invites")
+def invite_create():
+    """Create a one-time link for a teammate to join with a role (admins only)."""
+    authorize("invite.create")
+    s = get_slotrun()
+    form = {"role": _form("role", 20), "name": _form("name", 64).strip(), "hours": _form("hours", 5)}
+    hours = int(form["hours"]) if form["hours"].isdigit() else form["hours"]
     try:
-        u = get_slotrun().accounts.add_user(name, _form("role", 20), _form("password"))
+        invite, secret = s.invites.create(form["role"], current_user()["name"],
+                                          name=form["name"] or None, hours=hours)
     except SlotrunError as e:
-        return _users_page(400 if e.status == 400 else e.status, error=e.message, name=name)
-    log.info("%s added user %s (%s)", current_user()["name"], u["name"], u["role"])
-    return _users_page(201, message=f"Added {u['name']} ({u['role']}).")
+        return _users_page(e.status, error=e.message, form=form)
+    log.info("%s created invite %s (%s)", current_user()["name"], invite["id"], invite["role"])
+    return _users_page(201, new_invite={**invite, "url": _join_url(secret), "hours": hours})
+
+
+@bp.post("/users/invites/<id:invite_id>/revoke")
+def invite_revoke(invite_id):
+    """Make an invite link stop working (admins only)."""
+    authorize("invite.revoke")
+    get_slotrun().invites.revoke(invite_id)
+    log.info("%s revoked invite %s", current_user()["name"], invite_id)
+    return redirect(url_for("views.users"), 303)
+
+
+@bp.route("/join", methods=["GET", "POST"])
+@public
+def join():
+    """Create one's own account with an invite link (once, until it expires)."""
+    authorize("auth.join")
+    s = get_slotrun()
+    if not s.auth:
+        raise NotFound("auth is turned off on this server: there are no accounts to join")
+    given = request.values.get("token", "")
+    address = request.remote_addr or "?"
+    try:
+        invite = s.invites.find(given)
+    except SlotrunError as e:
+        if e.status == 404:
+            sign_in_failed()  # a guessed link counts as a failed sign-in from this address
+        return _page("join.html", e.status, invite=None, token="", name="", error=e.message)
+    if request.method == "GET":
+        return _page("join.html", invite=invite, token=given, name=invite["name"] or "",
+                     error=None)
+    name = (invite["name"] or _form("name", 64)).strip()
+    password, again = _form("password"), _form("password2")
+    try:
+        if password != again:
+            raise SlotrunError("the two passwords differ")
+        user = s.invites.accept(given, name, password)
+    except SlotrunError as e:
+        return _page("join.html", 400 if e.status == 404 else e.status, invite=invite,
+                     token=given, name=name, error=e.message)
+    sign_in(user)
+    log.info("%s joined as %s with invite %s from %s", user["name"], user["role"],
+             invite["id"], address)
+    return redirect(url_for("views.index"), 303)
 
 
 def _user_arg(name):
