@@ -178,11 +178,13 @@ class Notifier:
     def stop(self, timeout=2.0):
         """Stop the threads (deliveries still queued are dropped)."""
         self._stop.set()
-        for q in (self.events, self.outbox):
-            try:
-                q.put_nowait(None)
-            except queue.Full:
-                pass
+        # One end marker for the router and one for each sender: each thread takes one.
+        for q, readers in ((self.events, 1), (self.outbox, max(0, len(self._threads) - 1))):
+            for _ in range(readers):
+                try:
+                    q.put_nowait(None)
+                except queue.Full:
+                    break
         for t in self._threads:
             t.join(timeout)
 
