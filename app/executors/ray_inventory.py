@@ -29,6 +29,9 @@ class RayInventory:
 
     simulated = False
     source = "ray"
+    # The process ids a node reports are that node's: GPU memory is matched to tasks by when
+    # their processes appear on a GPU (admission.Attribution), never by pid on the head.
+    pids_elsewhere = True
 
     def __init__(self, settings, first_timeout=20.0):
         self.view = cluster_view(settings)
