@@ -99,7 +99,7 @@ class Inventory:
         for i in range(self.count):
             try:
                 out.append(self._read_gpu(i))
-            except DeviceError as e:
+            except (DeviceError, OSError) as e:
                 out.append(Device(f"gpu{i}", "gpu", i, self._gpu_name(i), node=socket.gethostname(),
                                   error=str(e) or type(e).__name__))
         return out

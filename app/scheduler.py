@@ -235,7 +235,7 @@ class Engine:
                 self.monitor = MemoryMonitor(self.inventory, lambda: self._groups,
                                              self._memory_sample, self.sample_interval,
                                              wanted=lambda: bool(self._groups or self._gpu_queued))
-                self._observe(self.monitor.sample())  # a first reading, before any start
+                self._read_now()  # a first reading, before any start
         except BaseException:
             if self.monitor is not None:
                 self.monitor.close()
@@ -563,9 +563,8 @@ class Engine:
     def _gpu_states(self, states):
         """Fill in the GPUs' memory, reservations and blocks (no reading unless it is stale)."""
         ledger = self.ledger
-        if self.admission and self.monitor is not None and \
-                ledger.age(time.monotonic()) > self.reading_max_age:
-            self._observe(self.monitor.sample())  # the monitor was idle: read the GPUs now
+        if self.admission and ledger.age(time.monotonic()) > self.reading_max_age:
+            self._read_now()  # the monitor was idle: read the GPUs now
         reserved = self._reservations() if self.admission else {}
         memory = {}
         for d in self.gpu_devices:
@@ -930,6 +929,16 @@ class Engine:
             elif st.task_id in sample.tasks:
                 st.last = nbytes
 
+    def _read_now(self):
+        """Read the GPUs on this thread; a failed reading blocks the GPUs, never the CPU."""
+        if self.monitor is None:
+            return
+        try:
+            self._observe(self.monitor.sample())
+        except Exception as e:  # noqa: BLE001 - a broken driver must not stop the CPU's work
+            log.exception("reading the GPUs failed")
+            self._note_faults({d: f"reading the GPUs failed: {e}" for d in self.gpu_devices})
+
     def _note_faults(self, errors):
         for d in [d for d in self.faults if d not in errors]:
             log.info("%s answers again: tasks start there again", d)
@@ -1053,8 +1062,8 @@ class Engine:
         return self.call(self._admission_view)
 
     def _admission_view(self):
-        if self.monitor is not None and self.ledger.age(time.monotonic()) > self.reading_max_age:
-            self._observe(self.monitor.sample())
+        if self.ledger.age(time.monotonic()) > self.reading_max_age:
+            self._read_now()
         reserved = self._reservations()
         running = {}
         for r in self.running.values():
