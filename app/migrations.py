@@ -21,7 +21,7 @@ backup.
 
 To change the schema (a column, a table, an index), append ONE entry to MIGRATIONS:
 
-    Migration(3, "tasks: when the task was paused", add_column("tasks", "paused_at REAL")),
+    Migration(5, "tasks: when the task was paused", add_column("tasks", "paused_at REAL")),
 
 - the number is the last one plus one; the name says what changes in the data;
 - ``apply`` is SQL text (any number of statements) or a function taking the sqlite3
@@ -90,6 +90,18 @@ def add_column(table, definition):
     return step
 
 
+def add_columns(table, *definitions):
+    """Return a migration step that adds each column (``"name TYPE ..."``) that is missing."""
+    steps = [add_column(table, d) for d in definitions]
+
+    def step(conn):
+        for s in steps:
+            s(conn)
+
+    step.__name__ = f"add_columns_{table}"
+    return step
+
+
 def _quote(name):
     return '"' + name.replace('"', '""') + '"'
 
@@ -117,6 +129,10 @@ MIGRATIONS = [
             used_at     REAL,
             used_by     TEXT
         )"""),
+    # A stop (cancel, interrupt) is written down before its signals are sent, so an engine that
+    # dies during the grace leaves the SIGKILL to the next one.
+    Migration(4, "attempts: when a stop was asked for, and why",
+              add_columns("attempts", "stop_requested_at REAL", "stop_reason TEXT")),
 ]
 
 LATEST = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from .console import (EXIT_FAILED, EXIT_USAGE, Printer, Stop, confirm, install_s
                       print_error)
 from .devices import no_gpu_message, open_inventory
 from .errors import SlotrunError
+from .executors import claim_orphans
 from .paths import state_db
 from .remote import submit_remote
 from .scheduler import Engine, check_template
@@ -123,6 +124,7 @@ def _multi_run_local(args, settings):
         print("Nothing was run (answer y to run, or pass -check false).")
         return EXIT_FAILED
 
+    claim_orphans(settings)  # this process's children are its tasks: it reaps their orphans
     store = Store(state_db(ws))
     printer = Printer(settings["command"], args.overwrite)
     engine = Engine(settings, store, inventory, publish=printer, only_own_batches=True,

@@ -460,7 +460,7 @@ class Engine:
         for rec in self.store.running_attempts():
             handle, code = self.executor.adopt(rec)
             if handle is not None:
-                self.running[rec["task_id"]] = Running(
+                r = self.running[rec["task_id"]] = Running(
                     rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
                     rec["slot"], handle, rec["config"], rec["started_at"],
                     memory=rec.get("memory") or 0, family=family_of(rec["config"]))
@@ -469,8 +469,15 @@ class Engine:
                         rec["task_id"], rec["device"], time.monotonic())}
                 self._note_batch(rec["batch_id"], own=False)
                 log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
+                if rec.get("stop_reason"):  # a stop the last engine began: finish it
+                    r.stop_reason = rec["stop_reason"]
+                    grace = float(self.settings["kill_grace"])
+                    left = rec["stop_requested_at"] + grace - time.time()
+                    self.executor.stop(handle, max(0.0, min(grace, left)))
                 continue
-            if code is None:
+            if rec.get("stop_reason"):
+                state, message = _stopped_state(rec["stop_reason"])
+            elif code is None:
                 state, message = INTERRUPTED, "the engine stopped and the process was lost"
             elif code == 0:
                 state, message = SUCCEEDED, None
@@ -686,10 +693,8 @@ class Engine:
         held = self.probation.get(r.device)
         if held and held.task_id == r.task_id:
             del self.probation[r.device]
-        if r.stop_reason == "cancel":
-            state, message = CANCELLED, "cancelled while running"
-        elif r.stop_reason == "interrupt":
-            state, message = INTERRUPTED, "stopped when the engine was stopped"
+        if r.stop_reason:
+            state, message = _stopped_state(r.stop_reason)
         elif code is None:
             state, message = INTERRUPTED, handle.extra.get("lost_reason") or \
                 "the process ended without recording an exit code"
@@ -721,6 +726,9 @@ class Engine:
                        "finishes there")
         elif state in (SUCCEEDED, FAILED):
             self.oom_cap.pop(r.device, None)
+        note = _stop_note(handle.extra, r.stop_reason)
+        if note:
+            message = f"{message}; {note}" if message else note
         if state == SUCCEEDED and peak is not None:
             # Read at least once while it ran: its peak (0 included) is what its family needs.
             self.learned[r.family] = max(self.learned.get(r.family, 0), peak)
@@ -851,6 +859,10 @@ class Engine:
     def _stop_running(self, r, reason):
         if not r.stop_reason:
             r.stop_reason = reason
+            try:  # written down first: if this engine dies during the grace, the next finishes
+                self.store.request_stop(r.attempt_id, reason, time.time())
+            except Exception:  # noqa: BLE001 - the stop asked for is still carried out
+                log.exception("could not record the stop of task %s", r.task_id)
             self.executor.stop(r.handle, float(self.settings["kill_grace"]))
 
     def _interrupt_own(self):
@@ -1100,6 +1112,29 @@ def _take_workspace_lock(workspace):
 def check_workspace_free(workspace):
     """Raise WorkspaceLocked when another engine holds the workspace (the lock is not kept)."""
     os.close(_take_workspace_lock(workspace))
+
+
+def _stopped_state(reason):
+    """Return the (state, message) of a task stopped by a cancel or an interrupt."""
+    if reason == "cancel":
+        return CANCELLED, "cancelled while running"
+    return INTERRUPTED, "stopped when the engine was stopped"
+
+
+def _stop_note(extra, stop_reason):
+    """Return what had to be stopped after a task's main process ended, for its message."""
+    n, k, grace = extra.get("stopped", 0), extra.get("killed", 0), extra.get("grace", 0)
+    if stop_reason:
+        if not k:
+            return None
+        return (f"{k} process{'es' if k != 1 else ''} ignored SIGTERM and "
+                f"{'were' if k != 1 else 'was'} killed after {grace:g} s")
+    if not n:
+        return None
+    note = f"{n} leftover process{'es' if n != 1 else ''} stopped after the task ended"
+    if k:
+        note += f" ({k} with SIGKILL after {grace:g} s)"
+    return note
 
 
 def _mtime(path):

@@ -44,7 +44,11 @@ SETTINGS = (
             "Other files that also mark a config's results complete (comma-separated, or a list "
             "in slotrun.yaml); the default recognises results of the original multi-run.py "
             "tool, whose run.py writes trained.txt. Empty: only done_marker counts.", tuple),
-    Setting("kill_grace", 5.0, "Seconds between SIGTERM and SIGKILL when stopping a task.", float),
+    Setting("kill_grace", 5.0, "Seconds between SIGTERM and SIGKILL when stopping a task (on "
+            "cancel, or what a task left running when it ended).", float),
+    Setting("subreaper", True, "Make the server or multi-run process a child subreaper (Linux), "
+            "so processes a task leaves behind, even past setsid, are reparented to it and "
+            "stopped with their task.", bool),
     Setting("cpu_slots", 1, "Default number of CPU slots.", int),
     Setting("gpu_slots", 1, "Default number of slots on each GPU.", int),
     Setting("fake_gpus", 0, "Number of simulated GPUs (SLOTRUN_FAKE_GPUS) when NVML finds none.", int),

@@ -320,6 +320,12 @@ class Store:
             c.execute("UPDATE attempts SET pid=?, pid_start=?, boot_id=? WHERE id=?",
                       (pid, pid_start, boot_id, attempt_id))
 
+    def request_stop(self, attempt_id, reason, when):
+        """Record that a running attempt is being stopped (so a next engine finishes it)."""
+        with self._write() as c:
+            c.execute("UPDATE attempts SET stop_requested_at=?, stop_reason=? "
+                      "WHERE id=? AND stop_requested_at IS NULL", (when, reason, attempt_id))
+
     def finish_attempt(self, attempt_id, task_id, state, exit_code, message, finished_at,
                        peak_memory=None):
         """Record how an attempt ended and move its task to that state."""

@@ -36,7 +36,7 @@ def make_executor(name, settings, on_exit):
     if name == "local":
         from .local import LocalExecutor
 
-        return LocalExecutor(on_exit)
+        return LocalExecutor(on_exit, float(settings.get("kill_grace", 5.0)))
     if name == "ray":
         from .ray import RayExecutor
 
@@ -44,3 +44,13 @@ def make_executor(name, settings, on_exit):
     from ..errors import SlotrunError
 
     raise SlotrunError(f"unknown executor {name!r}; valid: local, ray")
+
+
+def claim_orphans(settings):
+    """Make this process (the server, the headless CLI) the reaper of its tasks' orphans when
+    tasks run here and the subreaper setting is on; return True if it now is."""
+    if settings.get("executor", "local") != "local" or not settings.get("subreaper", True):
+        return False
+    from .processes import become_subreaper
+
+    return become_subreaper()

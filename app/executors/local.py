@@ -5,53 +5,34 @@ output going straight to the attempt's log file, and writes the exit code to a f
 the command ends. The engine therefore never sits between a task and its output, and a
 task outlives an engine that is killed: the next engine re-adopts it by pid (checked
 against its start time) and reads its exit code from the file.
+
+A task's exit is reported only once every process of it is gone (see ``processes``): what
+it left running is stopped first, off the scheduler thread, so its slot is never handed on
+while its processes still hold the CPU or GPU.
 """
 
 import logging
 import os
 import select
-import signal
 import subprocess
 import threading
 import time
 
 from ..logs import LOG_NAME
 from . import Handle
+from .processes import (MARKER, ProcessTable, Stops, TaskTree, boot_id, find_processes,
+                        group_alive, kill_tree, process_start_time)
+
+__all__ = ["LocalExecutor", "WRAPPER", "boot_id", "group_alive", "kill_tree",
+           "process_start_time", "read_exit_code"]
 
 log = logging.getLogger(__name__)
 
 # $1: run folder; the rest: the command, passed as arguments (never parsed by the shell).
 WRAPPER = 'd=$1; shift; echo $$ > "$d/pid"; "$@"; c=$?; echo $c > "$d/exit"; exit $c'
 
-_BOOT_ID = None
-
-
-def boot_id():
-    """Return this machine's boot id (pids are only comparable within one boot)."""
-    global _BOOT_ID
-    if _BOOT_ID is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-                _BOOT_ID = f.read().strip()
-        except OSError:
-            _BOOT_ID = ""
-    return _BOOT_ID
-
-
-def process_start_time(pid):
-    """Return a process's start time in clock ticks since boot, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        fields = data[data.rindex(b")") + 2:].split()
-        if fields[0] == b"Z":
-            return None  # a zombie has finished
-        return int(fields[19])
-    except (ValueError, IndexError):
-        return None
+# A scan of /proc made while re-adopting is reused for the next attempts for this long.
+_TABLE_REUSE_S = 2.0
 
 
 def read_exit_code(run_dir):
@@ -63,46 +44,18 @@ def read_exit_code(run_dir):
         return None
 
 
-def group_alive(pgid):
-    """Return True while any process of the group exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def kill_tree(pgid, grace):
-    """Stop a process group: SIGTERM, then SIGKILL once ``grace`` seconds have passed."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        log.warning("not allowed to signal process group %s", pgid)
-        return
-    deadline = time.monotonic() + grace
-    delay = 0.005
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(delay)  # waiting out a grace period, not on the dispatch path
-        delay = min(delay * 2, 0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 class LocalExecutor:
     """Starts, watches and stops task processes on this machine."""
 
     name = "local"
 
-    def __init__(self, on_exit):
-        self.on_exit = on_exit  # called as on_exit(handle, exit_code_or_None) from the watcher
+    def __init__(self, on_exit, kill_grace=5.0):
+        # on_exit(handle, exit_code_or_None) is called from the watcher or a stop job, once
+        # every process of the task is gone; handle.extra then says what had to be stopped.
+        self.on_exit = on_exit
+        self.kill_grace = float(kill_grace)  # for what a task leaves behind when it ends
+        self.stops = Stops()
+        self._table = None  # (ProcessTable) reused while re-adopting
         self._epoll = select.epoll()
         self._watched = {}  # pidfd -> (handle, Popen or None)
         self._lock = threading.Lock()
@@ -120,6 +73,7 @@ class LocalExecutor:
         os.makedirs(spec.run_dir, exist_ok=True)
         env = dict(os.environ)
         env.update(spec.env)
+        env[MARKER] = spec.run_dir  # every process of the task inherits it, even past setsid
         log_fd = os.open(os.path.join(spec.run_dir, LOG_NAME),
                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
@@ -149,14 +103,30 @@ class LocalExecutor:
                     pid = int(f.read().strip())
             except (OSError, ValueError):
                 pid = None
-        if pid and record.get("boot_id") in (None, "", boot_id()):
-            start = process_start_time(pid)
-            if start is not None and (record.get("pid_start") in (None, start)):
-                handle = Handle(record["task_id"], record["id"], pid, start, boot_id(), run_dir,
-                                record.get("node", ""))
-                if self._watch_pid(handle, None):
-                    return handle, None
-        return None, read_exit_code(run_dir)
+        if not pid or record.get("boot_id") not in (None, "", boot_id()):
+            return None, read_exit_code(run_dir)
+        start = process_start_time(pid)
+        if start is not None and (record.get("pid_start") in (None, start)):
+            handle = Handle(record["task_id"], record["id"], pid, start, boot_id(), run_dir,
+                            record.get("node", ""))
+            if self._watch_pid(handle, None):
+                return handle, None
+        # The wrapper is gone. Whatever of the task still runs (it ended while no engine
+        # watched, or an engine died while stopping it) is stopped before its end is reported.
+        code = read_exit_code(run_dir)
+        tree = TaskTree(pid, record.get("pid_start"), run_dir)
+        if not any(not f.zombie for f in find_processes(tree, self._recent_table()).values()):
+            return None, code
+        handle = Handle(record["task_id"], record["id"], pid, record.get("pid_start"), boot_id(),
+                        run_dir, record.get("node", ""))
+        job = self.stops.stop(handle.attempt_id, tree, self.kill_grace)
+        job.add_done_callback(lambda j: self._report_stopped(handle, code, j))
+        return handle, None
+
+    def _recent_table(self):
+        if self._table is None or time.monotonic() - self._table.taken > _TABLE_REUSE_S:
+            self._table = ProcessTable()
+        return self._table
 
     def _watch_pid(self, handle, proc):
         try:
@@ -218,18 +188,30 @@ class LocalExecutor:
             code = read_exit_code(handle.run_dir)
         if pidfd is not None:
             os.close(pidfd)
+        job = self.stops.after_exit(handle.attempt_id, self._tree(handle), self.kill_grace,
+                                    adopted=proc is None)
+        if job is None:  # the common case: nothing left, the slot is free now
+            self.on_exit(handle, code)
+        else:
+            job.add_done_callback(lambda j: self._report_stopped(handle, code, j))
+
+    def _report_stopped(self, handle, code, job):
+        handle.extra.update(stopped=len(job.found), killed=len(job.killed), grace=job.grace)
         self.on_exit(handle, code)
+
+    @staticmethod
+    def _tree(handle):
+        return TaskTree(handle.pid, handle.pid_start, handle.run_dir)
 
     # -- stopping -----------------------------------------------------------------------
 
     def stop(self, handle, grace=5.0, wait=False):
-        """Stop a task's whole process tree: SIGTERM, then SIGKILL after ``grace`` seconds."""
-        t = threading.Thread(target=kill_tree, args=(handle.pid, grace),
-                             name=f"slotrun-stop-{handle.task_id}", daemon=True)
-        t.start()
+        """Stop every process of a task (its session, and those that left it carrying its
+        marker): SIGTERM now, SIGKILL after ``grace`` seconds; return the stop job."""
+        job = self.stops.stop(handle.attempt_id, self._tree(handle), grace)
         if wait:
-            t.join()
-        return t
+            job.wait()
+        return job
 
     def close(self):
         """Stop watching (running tasks keep running)."""

@@ -101,6 +101,7 @@ def build_app(config=None):
 
     if not app.testing:
         pattern_helper.warm()
+        runtime.claim_orphans = True
     if _should_start_engine(app):
         try:
             runtime.ensure_started()

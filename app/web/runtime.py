@@ -11,6 +11,7 @@ import threading
 import time
 
 from ..devices import open_inventory
+from ..executors import claim_orphans
 from ..executors.ray_inventory import make_inventory, watch_nodes
 from ..notify import Notifier
 from ..paths import state_db
@@ -35,6 +36,7 @@ class Runtime:
         else:
             self.inventory = open_inventory(settings.get("fake_gpus") or None)
         self.node_watcher = None
+        self.claim_orphans = False  # set by a served app (not under test): see ensure_started
         self.engine = None
         self.notifier = None
         self.started_at = None
@@ -63,6 +65,8 @@ class Runtime:
             return self.engine
         with self._lock:
             if self.engine is None:
+                if self.claim_orphans:  # the serving process reaps its tasks' orphans
+                    claim_orphans(self.settings)
                 # Told of every engine event; sends from its own threads, never the engine's.
                 notifier = Notifier(self.settings, self.store).start()
                 self.notifier = notifier
