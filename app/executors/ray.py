@@ -39,7 +39,8 @@ import time
 from ..errors import SlotrunError
 from ..logs import LOG_NAME
 from . import Handle
-from .local import boot_id, kill_tree, process_start_time, read_exit_code
+from .local import boot_id, process_start_time, read_exit_code
+from .processes import MARKER, Stops, TaskTree, become_subreaper
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,9 @@ class NodeAgent:
         self.pinned = {}  # bundle digest -> starts in progress that use it
         self.inventory = None
         self.inventory_gpus = None
+        self.stops = Stops()  # a task's processes are stopped together (see processes.py)
+        # This actor's children are its tasks: their orphans come here, to be stopped with them.
+        become_subreaper()
 
     def ping(self):
         """Return who and where this agent is."""
@@ -428,6 +432,7 @@ class NodeAgent:
         argv = [fix(a) for a in p["argv"]]
         env = dict(self.env)
         env.update({k: remap(v) for k, v in p["env"].items()})
+        env[MARKER] = run_dir  # every process of the task inherits it, even past setsid
         results = env.get("SLOTRUN_RESULTS") or ""
         if results and not p["shared"] and results != p["env"].get("SLOTRUN_RESULTS"):
             shutil.rmtree(results, ignore_errors=True)  # leftovers of an earlier attempt here
@@ -452,14 +457,16 @@ class NodeAgent:
         info = {"pid": proc.pid, "pid_start": process_start_time(proc.pid), "boot_id": boot_id(),
                 "run_dir": run_dir, "results": results, "host": socket.gethostname()}
         entry = {"proc": proc, "pipe": w, "run_dir": run_dir, "results": results,
-                 "bundle": digest, "code": None, "info": info}
+                 "bundle": digest, "code": None, "info": info, "stopped": {},
+                 "tree": TaskTree(proc.pid, info["pid_start"], run_dir),
+                 "grace": float(p.get("kill_grace", 5.0))}
         with self.cond:
             self.tasks[key] = entry
             abandoned = key in self.abandoned
         threading.Thread(target=self._reap, args=(key, entry), name=f"slotrun-reap-{key}",
                          daemon=True).start()
         if abandoned:  # the head timed out while this call was on its way
-            kill_tree(proc.pid, 0)
+            self.stops.stop(key, entry["tree"], 0)
         return info
 
     def abandon(self, key):
@@ -468,12 +475,18 @@ class NodeAgent:
             self.abandoned.add(key)
             e = self.tasks.get(key)
         if e is not None and e["code"] is None:
-            kill_tree(e["proc"].pid, 0)
+            self.stops.stop(key, e["tree"], 0)
         return True
 
     def _reap(self, key, entry):
         rc = entry["proc"].wait()
         code = 128 - rc if rc < 0 else rc  # the wrapper itself was killed: as a shell reports it
+        # The exit counts only once every process of the task is gone (the slot is held).
+        job = self.stops.after_exit(key, entry["tree"], entry["grace"], adopted=False)
+        if job is not None:
+            job.wait()
+            entry["stopped"] = {"stopped": len(job.found), "killed": len(job.killed),
+                                "grace": job.grace}
         os.close(entry["pipe"])
         with self.cond:
             entry["code"] = code
@@ -521,7 +534,9 @@ class NodeAgent:
         """Return a finished task's log from ``offset`` (one chunk) and, when ``pack``, the
         size of its packed results (-1: none)."""
         data = self.read_logs({key: offset}, CHUNK).get(key, b"")
-        return {"log": data, "results": self.pack_results(key) if pack else -1}
+        with self.cond:
+            stopped = dict(self.tasks[key]["stopped"]) if key in self.tasks else {}
+        return {"log": data, "results": self.pack_results(key) if pack else -1, **stopped}
 
     def pack_results(self, key):
         """Pack a finished task's results folder; return the archive's size (-1: none)."""
@@ -559,13 +574,13 @@ class NodeAgent:
     # -- stopping
 
     def stop(self, key, grace=5.0):
-        """Stop a task's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """Stop every process of a task (its session, and those that left it carrying its
+        marker): SIGTERM now, SIGKILL after ``grace`` seconds."""
         with self.cond:
             e = self.tasks.get(key)
         if e is None or e["code"] is not None:
             return False
-        t = threading.Thread(target=kill_tree, args=(e["proc"].pid, grace), daemon=True)
-        t.start()
+        self.stops.stop(key, e["tree"], grace)
         return True
 
     # -- figures
@@ -688,6 +703,7 @@ class RayExecutor:
         payload = {"key": key, "argv": list(spec.argv), "env": dict(spec.env), "cwd": spec.cwd,
                    "run_dir": spec.run_dir, "workspace": self.workspace, "shared": self.shared,
                    "python": sys.executable,
+                   "kill_grace": float(self.settings.get("kill_grace", 5.0)),
                    "files": {} if self.shared else _run_files(spec.run_dir)}
         bundle = None if self.shared else self._workspace_bundle(spec.argv)
         t = _Task(key, node.node_id, node.name, log_path)
@@ -1057,6 +1073,9 @@ class RayExecutor:
                 pack = t.fetch and bool(t.head_results)
                 got = ray.get(agent.collect.remote(t.key, t.offset, pack),
                               timeout=max(self.timeout, 600))
+                for k in ("stopped", "killed", "grace"):  # what its end had to stop
+                    if k in got:
+                        t.handle.extra[k] = got[k]
                 data = got["log"]
                 while data:
                     _append(t.log_path, data)
