@@ -21,10 +21,9 @@ import time
 from ..logs import LOG_NAME
 from . import Handle
 from .processes import (MARKER, ProcessTable, Stops, TaskTree, boot_id, find_processes,
-                        group_alive, kill_tree, process_start_time)
+                        process_start_time)
 
-__all__ = ["LocalExecutor", "WRAPPER", "boot_id", "group_alive", "kill_tree",
-           "process_start_time", "read_exit_code"]
+__all__ = ["LocalExecutor", "WRAPPER", "boot_id", "process_start_time", "read_exit_code"]
 
 log = logging.getLogger(__name__)
 
