@@ -324,9 +324,8 @@ class StopJob:
 
     def hurry(self, grace):
         """Move SIGKILL forward to ``grace`` seconds from now if that is sooner."""
-        with self._lock:
+        with self._lock:  # self.grace stays the grace the stop was asked with (for messages)
             self.deadline = min(self.deadline, time.monotonic() + grace)
-            self.grace = min(self.grace, grace)
             if self._wake is not None:
                 os.eventfd_write(self._wake, 1)
 
