@@ -254,6 +254,30 @@ def test_headless_run_catches_a_setsid_escape(ws):
     assert died_at(ws, "1-setsid") <= t1["finished_at"] <= t2["started_at"]
 
 
+def test_server_catches_a_setsid_escape(ws, tmp_path):
+    """The server's process is a child subreaper too (on 1 simulated GPU, 1 slot)."""
+    env = task_env(SLOTRUN_FAKE_GPUS=1, SLOTRUN_WORKSPACE=ws, SLOTRUN_AUTH="false",
+                   SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu"), SLOTRUN_KILL_GRACE=3)
+    server = ServerProcess(tmp_path / "server.log", env, ws)
+    try:
+        status, batch = server.json_api("POST", "/batches", {
+            "pattern": r"^configs/p/(1-setsid|2-quick)\.yaml$", "use_gpu": True,
+            "command": COMMAND})
+        assert status == 201, batch
+        first, second = (t["id"] for t in batch["tasks"])
+        [escaped] = pids_of(ws, "1-setsid")
+        wait_for(lambda: server.json_api("GET", f"/tasks/{second}")[1]["state"] in FINAL,
+                 timeout=20)
+        t1 = server.json_api("GET", f"/tasks/{first}")[1]
+        t2 = server.json_api("GET", f"/tasks/{second}")[1]
+    finally:
+        server.stop()
+    assert not alive(escaped)
+    assert t1["state"] == "succeeded" and t2["state"] == "succeeded"
+    assert t1["message"] == "1 leftover process stopped after the task ended"
+    assert died_at(ws, "1-setsid") <= t1["finished_at"] <= t2["started_at"]
+
+
 def test_headless_ctrl_c_stops_every_process_of_the_session_and_escapes(ws):
     grace = 1.0
     proc = multi_run(ws, "-c", "configs/p/1-mixed", "-gpu", "false", "-check", "false",
