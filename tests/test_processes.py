@@ -16,7 +16,7 @@ import time
 import pytest
 
 from app.executors.processes import MARKER, is_subreaper
-from app.scheduler import state_dir
+from app.paths import state_db
 from app.store import Store
 from tests.helpers import ROOT, ServerProcess, task_env, wait_for
 from tests.test_engine import Recorder, make_engine
@@ -247,7 +247,7 @@ def test_headless_run_catches_a_setsid_escape(ws):
     assert "Summary: 2 succeeded, 0 failed, 0 skipped" in out
     [escaped] = pids_of(ws, "1-setsid")
     assert not alive(escaped)
-    store = Store(os.path.join(state_dir(ws), "state.db"))
+    store = Store(state_db(ws))
     t1, t2 = (store.get_task(i) for i in (1, 2))
     assert t1["config"] == "configs/p/1-setsid.yaml"
     assert t1["message"] == "1 leftover process stopped after the task ended"
@@ -301,7 +301,7 @@ def test_ended_while_no_engine_ran_leftovers_are_stopped_at_recovery(ws):
     assert proc.stdout.readline().startswith("Start the process")
     proc.kill()
     proc.communicate()
-    store = Store(os.path.join(state_dir(ws), "state.db"))
+    store = Store(state_db(ws))
     [a] = store.running_attempts()
     wait_for(lambda: os.path.exists(os.path.join(a["run_dir"], "exit")), timeout=15)
     [child] = pids_of(ws, "1-late")
@@ -334,7 +334,7 @@ def test_engine_killed_during_the_grace_next_engine_finishes_the_kill(ws, tmp_pa
         assert status == 201, batch
         first, second = (t["id"] for t in batch["tasks"])
         [stubborn] = pids_of(ws, "1-ignore")
-        store = Store(os.path.join(state_dir(ws), "state.db"))
+        store = Store(state_db(ws))
         wrapper = store.latest_attempt(first)["pid"]
         assert server.json_api("POST", f"/tasks/{first}/cancel")[0] == 200
         # The main process is gone at once; the stubborn grandchild waits for its SIGKILL.
@@ -380,13 +380,14 @@ from app import settings as settings_mod
 from app.devices import open_inventory
 from app.executors import claim_orphans
 from app.executors.processes import is_subreaper
-from app.scheduler import Engine, state_dir
+from app.paths import state_db
+from app.scheduler import Engine
 from app.store import Store
 
 ws = sys.argv[1]
 s = settings_mod.load({"workspace": ws, "kill_grace": 3, "cpu_slots": 2})
 claimed = claim_orphans(s)
-store = Store(os.path.join(state_dir(ws), "state.db"))
+store = Store(state_db(ws))
 eng = Engine(s, store, open_inventory()).start()
 codes, stop = [], threading.Event()
 
