@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from .processes import become_subreaper
+
 
 @dataclass
 class LaunchSpec:
@@ -51,6 +53,4 @@ def claim_orphans(settings):
     tasks run here and the subreaper setting is on; return True if it now is."""
     if settings.get("executor", "local") != "local" or not settings.get("subreaper", True):
         return False
-    from .processes import become_subreaper
-
     return become_subreaper()
