@@ -31,6 +31,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 _libc = None
 _BOOT_ID = None
+# Per process (a fork inherits neither the kernel's flag nor the children file): (pid, value).
+_subreaper = (0, False)
+_children = (0, None)
+_children_lock = threading.Lock()
 
 
 # -- process facts ------------------------------------------------------------------------------
@@ -106,24 +110,29 @@ def become_subreaper():
     reaps it. Exit statuses of other children are never taken: only processes that belong to a
     task (by session or marker) are ever reaped here.
     """
+    global _subreaper
     try:
         if _prctl()(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             log.warning("could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
             return False
     except (OSError, AttributeError):  # not Linux: no prctl
         return False
+    _subreaper = (os.getpid(), True)
     return True
 
 
 def is_subreaper():
-    """Return True when this process is a child subreaper."""
-    value = ctypes.c_int(0)
-    try:
-        if _prctl()(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    return bool(value.value)
+    """Return True when this process is a child subreaper (asked once per process)."""
+    global _subreaper
+    pid = os.getpid()
+    if _subreaper[0] != pid:
+        value = ctypes.c_int(0)
+        try:
+            ok = _prctl()(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            ok = False
+        _subreaper = (pid, ok and bool(value.value))
+    return _subreaper[1]
 
 
 def own_orphans():
@@ -133,10 +142,25 @@ def own_orphans():
     wrappers from other threads, so this list holds adopted orphans (and whatever the main thread
     itself started).
     """
+    global _children
     pid = os.getpid()
+    fd = _children[1] if _children[0] == pid else None
+    if fd is None:
+        with _children_lock:  # kept open: a pread costs far less than an open on every exit
+            if _children[0] != pid:
+                try:
+                    _children = (pid, os.open(f"/proc/{pid}/task/{pid}/children",
+                                              os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    return None
+            fd = _children[1]
     try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            return [int(x) for x in f.read().split()]
+        size = 1 << 15  # room for thousands of pids; grown if ever filled
+        data = os.pread(fd, size, 0)
+        while len(data) == size:
+            size *= 4
+            data = os.pread(fd, size, 0)
+        return [int(x) for x in data.split()]
     except (OSError, ValueError):
         return None
 
