@@ -21,7 +21,7 @@ from . import configs as configs_mod
 from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, family_of,
                         log_shows_oom)
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
-from .executors import LaunchSpec
+from .executors import ExecutorUnavailable, LaunchSpec
 from .logs import LOG_NAME
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
 from .selection import applies_to, plan_bulk
@@ -176,6 +176,7 @@ class Engine:
             executor = make_executor(settings.get("executor", "local"), settings, self._exited)
         else:
             executor.on_exit = self._exited
+        executor.on_unavailable = self._unavailable
         self.executor = executor
         self.queued = {}  # task id -> Queued
         self.queues = {}  # owner -> [Pending] sorted by order_key
@@ -437,6 +438,8 @@ class Engine:
                     self._interrupt_own()
         elif kind == "memory":
             self._observe(item[1])
+        elif kind == "unavailable":
+            self._take_out(item[1])
         # "wake": nothing to handle; the loop dispatches after every item
 
     def _finish_stop(self):
@@ -562,6 +565,8 @@ class Engine:
                                       holds=holds)
         self.holds = holds
         for placement in placements:
+            if placement.device not in self.devices:
+                continue  # taken out by a failed start just now: the task stays queued
             self._starts += 1
             self.last_start[placement.owner] = self._starts
             self._start(placement.task_id, placement.device)
@@ -642,6 +647,9 @@ class Engine:
         if error is None:
             try:
                 handle = self.executor.start(spec)
+            except ExecutorUnavailable as e:
+                self._start_unreachable(item, attempt_id, e)
+                return
             except (OSError, SlotrunError) as e:
                 error = f"could not start the task: {e}"
         if handle is None:
@@ -661,6 +669,34 @@ class Engine:
             if self.monitor is not None and len(self._groups) == 1:
                 self.monitor.poke()  # the first GPU task: start reading
         r.row = self._emit_task(task_id)
+
+    # -- executor faults: a node that cannot be reached --------------------------------------
+    # Not the task's fault: a start that could not reach its node is recorded as an
+    # interrupted attempt and the task goes back to the front of the queue; the node's devices
+    # leave placement at once (before any retry is placed) and come back when the inventory
+    # lists them again (the node watcher refreshes the devices).
+
+    def _unavailable(self, exc):
+        """Hear from the executor (any thread) that a node was taken out."""
+        self._q.put(("unavailable", exc))
+
+    def _start_unreachable(self, item, attempt_id, exc):
+        task_id = item.pending.id
+        self._take_out(exc)
+        self.store.finish_attempt(attempt_id, task_id, INTERRUPTED, None,
+                                  f"{exc}; the task went back to the queue", time.time())
+        self._enqueue(self.store.requeue(task_id, front=True))
+        self._emit_task(task_id)
+
+    def _take_out(self, exc):
+        """Remove an unreachable node's devices from placement (its limits are kept)."""
+        if not exc.node:
+            return
+        keep = [d for d in self.devices if "/" not in d or d.rsplit("/", 1)[0] != exc.node]
+        if keep != self.devices:
+            self.devices = keep
+            self.gpu_devices = [d for d in self.gpu_devices if d in keep]
+            self._publish_usage(force=True)
 
     def _config_as_submitted(self, task_id, config, run_dir):
         """Return the config path to run: the file itself, or a snapshot if it changed since."""

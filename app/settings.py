@@ -70,6 +70,9 @@ SETTINGS = (
             "(default <tmp>/slotrun-ray-<uid>)."),
     Setting("ray_call_timeout", 30.0, "Seconds to wait for a Ray node to answer a start or a "
             "collection.", float),
+    Setting("ray_node_timeout", 3.0, "Seconds a Ray node's slotrun agent may stay silent (it is "
+            "asked every second) before the node is taken out of placement and its running tasks "
+            "become interrupted; it takes tasks again once it answers.", float),
     Setting("trust_proxy", False, "Trust one reverse proxy's X-Forwarded-For/-Proto/-Host "
             "(secure cookies and real client addresses behind HTTPS).", bool),
     Setting("auth", True, "Require logins and API tokens (turn off only on 127.0.0.1).", bool),

@@ -8,7 +8,10 @@ shipped to the nodes and results brought back (as on machines that share no file
 
 import json
 import os
+import re
+import signal
 import threading
+import time
 
 import pytest
 
@@ -17,7 +20,8 @@ ray = pytest.importorskip("ray")
 from app import settings as settings_mod  # noqa: E402
 from app import task as task_mod  # noqa: E402
 from app.executors.local import process_start_time  # noqa: E402
-from app.executors.ray import RayExecutor  # noqa: E402
+from app.errors import SlotrunError  # noqa: E402
+from app.executors.ray import ClusterView, RayExecutor  # noqa: E402
 from app.executors.ray_inventory import make_inventory, watch_nodes  # noqa: E402
 from app.scheduler import Engine, gpu_index, state_dir  # noqa: E402
 from app.store import Store  # noqa: E402
@@ -203,7 +207,11 @@ def test_cancel_and_restart_readoption(workspace, cluster):
     eng, store = make_engine(workspace, cluster, limits={"node-a/gpu0": 1, "node-a/gpu1": 1,
                                                          "node-b/gpu0": 1})
     try:
-        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", command=sim(1),
+        # The short task ends only once the gate opens, after the head is gone.
+        gate = os.path.join(os.path.dirname(workspace), "gate")
+        gated = ('sh -c \'while [ ! -e "$2" ]; do sleep 0.05; done; exec "$0" run.py -c "$1"\' '
+                 f'{{python}} {{config}} {gate}')
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", command=gated,
                        devices=["node-a/gpu0"])
         c = eng.submit(["configs/exp-1/exp-1-2.yaml"], "ann", command=sim(10),
                        devices=["node-a/gpu1"])
@@ -221,6 +229,7 @@ def test_cancel_and_restart_readoption(workspace, cluster):
         eng.stop()  # the head goes away; its tasks keep running on their nodes
     short_pid, long_pid = (store.latest_attempt(i)["pid"] for i in (short, long_))
     assert pid_alive(long_pid)
+    open(gate, "w").close()
     wait_for(lambda: not pid_alive(short_pid), timeout=20)  # ends while no head listens
     assert store.get_task(short)["state"] == "running"
     eng, store = make_engine(workspace, cluster, limits={"node-a/gpu0": 1, "node-a/gpu1": 1})
@@ -302,3 +311,170 @@ def test_cpu_batch_runs_on_the_cpus_of_the_nodes(workspace, cluster):
                 assert json.load(f)["cuda_visible_devices"] == ""
     finally:
         eng.stop()
+
+
+# -- node loss ------------------------------------------------------------------------------------
+
+NODE_TIMEOUT = 2  # ray_node_timeout in the node-loss tests: seconds an agent may stay silent
+
+
+def ledger_command(ledger, first_seconds):
+    """Return a command whose first attempt works ``first_seconds`` and later ones 0.5 s; each
+    run appends "CONFIG ATTEMPT start" and, once run.py succeeded, "... done" to ``ledger``."""
+    script = ('echo "$SLOTRUN_CONFIG $SLOTRUN_ATTEMPT start" >> "$2"; '
+              f'if [ "$SLOTRUN_ATTEMPT" = 1 ]; then SLOTRUN_SIM_TIME={first_seconds}; '
+              'else SLOTRUN_SIM_TIME=0.5; fi; export SLOTRUN_SIM_TIME; '
+              '"$0" run.py -c "$1" && echo "$SLOTRUN_CONFIG $SLOTRUN_ATTEMPT done" >> "$2"')
+    return f"sh -c '{script}' {{python}} {{config}} {ledger}"
+
+
+def ledger_lines(ledger):
+    try:
+        with open(ledger, encoding="utf-8") as f:
+            return f.read().split("\n")
+    except FileNotFoundError:
+        return []
+
+
+def assert_in_words(message):
+    """A loss message is one sentence for a user: no Ray ids, addresses or RPC wording."""
+    assert "\n" not in message
+    assert not re.search(r"[0-9a-f]{16}|\d+\.\d+\.\d+\.\d+|rpc|actor|Error", message), message
+
+
+def add_node(cluster, name, gpus):
+    node = cluster.add_node(num_cpus=1, num_gpus=gpus, labels={"slotrun-name": name})
+    cluster.wait_for_nodes()
+    return node
+
+
+def test_a_killed_node_its_tasks_are_retried_on_a_live_node(workspace, cluster):
+    """kill -9 of a whole node mid-run (Ray itself lists it alive for about 15 s more)."""
+    doomed = add_node(cluster, "gpu-x", 2)
+    ledger = os.path.join(os.path.dirname(workspace), "ledger")
+    eng, store = make_engine(workspace, cluster, limits={"gpu-x/gpu0": 1, "gpu-x/gpu1": 1},
+                             ray_node_timeout=NODE_TIMEOUT)
+    watcher = watch_nodes(eng, eng.inventory, interval=0.2)
+    try:
+        configs = ["configs/exp-1/exp-1-1.yaml", "configs/exp-1/exp-1-2.yaml"]
+        b = eng.submit(configs, "ann", command=ledger_command(ledger, 120), max_retries=1)
+        ids = [t["id"] for t in b["tasks"]]
+        wait_for(lambda: all(store.get_task(i)["state"] == "running" for i in ids)
+                 and sum("start" in x for x in ledger_lines(ledger)) == 2, timeout=60)
+        assert {store.get_task(i)["device"] for i in ids} == {"gpu-x/gpu0", "gpu-x/gpu1"}
+        pids = [store.latest_attempt(i)["pid"] for i in ids]
+        eng.set_slots("node-b/gpu0", 2)  # the live node has room for both
+        killed_at, t0 = time.time(), time.monotonic()
+        cluster.remove_node(doomed, allow_graceful=False)  # SIGKILL: no goodbye to Ray
+        wait_for(lambda: all(store.attempts(i)[0]["state"] == "interrupted" for i in ids),
+                 timeout=60, interval=0.05)
+        noticed = time.monotonic() - t0
+        assert not any(d.startswith("gpu-x/") for d in eng.devices)
+        wait_for(lambda: all(store.get_task(i)["state"] == "succeeded" for i in ids), timeout=60)
+        print(f"\nnode gpu-x killed: its 2 tasks interrupted after {noticed:.1f} s "
+              f"(ray_node_timeout {NODE_TIMEOUT} s)")
+        messages = set()
+        for i in ids:
+            t = store.get_task(i)
+            attempts = store.attempts(i)
+            assert len(attempts) == 2, [(a["device"], a["state"], a["message"]) for a in attempts]
+            first, second = attempts
+            assert t["state"] == "succeeded" and t["attempts"] == 2, t
+            # The lost attempt: one readable message, in the store and once in its log.
+            assert first["node"] == "gpu-x" and first["state"] == "interrupted"
+            assert_in_words(first["message"])
+            assert first["message"].startswith("node gpu-x was lost")
+            messages.add(first["message"])
+            with open(os.path.join(first["run_dir"], "output.log"), encoding="utf-8") as f:
+                assert f.read().count("slotrun: node gpu-x was lost") == 1
+            # The retry ran on the live node, after the loss, and its results came back.
+            assert second["node"] == "node-b" and second["state"] == "succeeded"
+            assert second["started_at"] > killed_at
+            with open(os.path.join(results_of(workspace, t["config"]), "meta.json")) as f:
+                assert json.load(f)["cuda_visible_devices"] == "0"
+            print(f"  task {i}: {first['device']} -> {first['message']!r}; "
+                  f"retried on {second['device']}: {second['state']}")
+        assert len(messages) == 1
+        # No start was ever sent to the dead node after the kill, and each config succeeded
+        # exactly once.
+        assert not [a for i in ids for a in store.attempts(i)
+                    if a["node"] == "gpu-x" and a["started_at"] > killed_at]
+        lines = ledger_lines(ledger)
+        for c in configs:
+            assert lines.count(f"{c} 1 done") == 0 and lines.count(f"{c} 2 done") == 1, lines
+        for pid in pids:
+            wait_for(lambda: not pid_alive(pid), timeout=10)  # the node's tasks died with it
+        assert noticed < NODE_TIMEOUT + 6, noticed  # Ray alone took about 15 s
+    finally:
+        watcher.stop()
+        eng.stop()
+
+
+def test_a_silent_agent_takes_its_node_out_until_it_answers(workspace, cluster):
+    """The node's slotrun agent stops answering (SIGSTOP); Ray still lists the node alive."""
+    add_node(cluster, "gpu-y", 2)
+    ledger = os.path.join(os.path.dirname(workspace), "ledger")
+    eng, store = make_engine(workspace, cluster, limits={"gpu-y/gpu0": 1, "gpu-y/gpu1": 1},
+                             ray_node_timeout=NODE_TIMEOUT)
+    watcher = watch_nodes(eng, eng.inventory, interval=0.2)
+    view = eng.executor.view
+    [node] = [n for n in view.nodes() if n.name == "gpu-y"]
+    agent_pid = ray.get(view.agent(node.node_id).ping.remote())["pid"]
+    stopped = False
+    try:
+        b = eng.submit(["configs/exp-2/exp-2-1-1.yaml"], "ann", command=ledger_command(ledger, 120),
+                       max_retries=1)
+        tid = b["tasks"][0]["id"]
+        wait_for(lambda: store.get_task(tid)["state"] == "running"
+                 and any("start" in x for x in ledger_lines(ledger)), timeout=60)
+        assert store.get_task(tid)["device"].startswith("gpu-y/")
+        free = ({"gpu-y/gpu0", "gpu-y/gpu1"} - {store.get_task(tid)["device"]}).pop()
+        task_pid = store.latest_attempt(tid)["pid"]
+        eng.set_slots("node-a/gpu0", 1)
+        os.kill(agent_pid, signal.SIGSTOP)
+        stopped, t0 = True, time.monotonic()
+        # A start sent now reaches no one: it must not fail the task, nor hold the engine.
+        c = eng.submit(["configs/exp-2/exp-2-1-2.yaml"], "bob", devices=[free],
+                       command=ledger_command(ledger, 120))
+        pinned = c["tasks"][0]["id"]
+        wait_for(lambda: store.attempts(tid)[0]["state"] == "interrupted", timeout=30,
+                 interval=0.05)
+        noticed = time.monotonic() - t0
+        wait_for(lambda: store.get_task(pinned)["state"] == "queued"
+                 and store.get_task(pinned)["attempts"] == 1, timeout=30)
+        assert not any(d.startswith("gpu-y/") for d in eng.devices)
+        wait_for(lambda: store.get_task(tid)["state"] == "succeeded", timeout=30)
+        first, second = store.attempts(tid)
+        assert first["message"] == (f"node gpu-y was lost (its slotrun agent did not answer "
+                                    f"for {NODE_TIMEOUT} s)"), first["message"]
+        assert second["node"] == "node-a"
+        [unreached] = store.attempts(pinned)
+        assert unreached["state"] == "interrupted"
+        assert unreached["message"].startswith("node gpu-y could not be reached")
+        assert_in_words(unreached["message"])
+        print(f"\nagent of gpu-y stopped: task interrupted after {noticed:.1f} s, retried on "
+              f"{second['device']}; a start sent meanwhile: {unreached['message']!r}")
+        assert pid_alive(task_pid)  # the task itself never noticed
+        os.kill(agent_pid, signal.SIGCONT)
+        stopped = False
+        # Answering again: the task counted lost is stopped there, the node takes tasks again
+        # and the pinned task runs on it.
+        wait_for(lambda: not pid_alive(task_pid), timeout=30)
+        wait_for(lambda: free in eng.devices, timeout=30)
+        wait_for(lambda: store.get_task(pinned)["state"] == "succeeded", timeout=60)
+        assert store.latest_attempt(pinned)["node"] == "gpu-y"
+        lines = ledger_lines(ledger)
+        for cfg in ("configs/exp-2/exp-2-1-1.yaml", "configs/exp-2/exp-2-1-2.yaml"):
+            assert lines.count(f"{cfg} 1 done") == 0 and lines.count(f"{cfg} 2 done") == 1, lines
+        assert noticed < NODE_TIMEOUT + 6, noticed
+    finally:
+        if stopped:
+            os.kill(agent_pid, signal.SIGCONT)
+        watcher.stop()
+        eng.stop()
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan")])
+def test_a_node_timeout_that_is_not_above_zero_is_refused(workspace, value):
+    with pytest.raises(SlotrunError, match="ray_node_timeout must be a number of seconds above 0"):
+        ClusterView({"workspace": workspace, "ray_node_timeout": value})

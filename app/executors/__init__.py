@@ -2,7 +2,23 @@
 
 from dataclasses import dataclass, field
 
+from ..errors import SlotrunError
 from .processes import become_subreaper
+
+
+class ExecutorUnavailable(SlotrunError):
+    """The executor, or the node a task was placed on, cannot be reached: not the task's fault.
+
+    ``node`` names the node in slotrun's words ("gpu-b"; empty when the whole executor is
+    out of reach). The engine puts the task back in the queue and takes the node's devices
+    out of placement until the executor lists them again.
+    """
+
+    status = 503
+
+    def __init__(self, message, node=""):
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass
@@ -43,8 +59,6 @@ def make_executor(name, settings, on_exit):
         from .ray import RayExecutor
 
         return RayExecutor(on_exit, settings)
-    from ..errors import SlotrunError
-
     raise SlotrunError(f"unknown executor {name!r}; valid: local, ray")
 
 

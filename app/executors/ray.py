@@ -38,7 +38,7 @@ import time
 
 from ..errors import SlotrunError
 from ..logs import LOG_NAME
-from . import Handle
+from . import ExecutorUnavailable, Handle
 from .local import boot_id, process_start_time, read_exit_code
 from .processes import MARKER, Stops, TaskTree, become_subreaper
 
@@ -85,11 +85,23 @@ def connect(settings):
             try:
                 ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                          logging_level=logging.WARNING, runtime_env=_code_env())
-            except (ConnectionError, RuntimeError, ValueError) as e:
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
+                hint = ""
+                if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and address != "auto":
+                    # Ray sends its token to an explicit address only when told to.
+                    hint = ("; a cluster with token authentication (Ray's default) also needs "
+                            "RAY_AUTH_MODE=token in this server's environment and the cluster's "
+                            "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)")
                 raise SlotrunError(
-                    f"cannot connect to the Ray cluster at {address!r} ({e}); start one with "
-                    "`ray start --head` and pass its address with --ray-address") from None
+                    f"cannot connect to the Ray cluster at {address!r} ({_first_line(e)}); start "
+                    "one with `ray start --head` and pass its address with --ray-address"
+                    + hint) from None
     return ray
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def workspace_key(workspace):
@@ -113,6 +125,38 @@ def _is_actor_error(ray, exc):
     return isinstance(exc, ray.exceptions.RayActorError)
 
 
+AGENT_STOPPED = "its slotrun agent stopped"
+
+
+def _loss_message(name, cause):
+    """Return the one message a task lost with its node gets."""
+    return f"node {name} was lost" + (f" ({cause})" if cause else "")
+
+
+def _unreachable(name, cause):
+    """Return the ExecutorUnavailable of a start that could not reach its node."""
+    return ExecutorUnavailable(f"node {name} could not be reached ({cause})" if cause
+                               else f"node {name} was lost", node=name)
+
+
+def _words(exc):
+    """Return what went wrong in a Ray call in a user's words (no actor ids, no addresses)."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.GetTimeoutError):
+        return "no answer in time"
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return "its slotrun agent could not be reached"
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is not None and not isinstance(cause, ray.exceptions.RayError):
+            return f"{type(cause).__name__}: {cause}"[:300]
+        return "the call failed on the node"
+    if isinstance(exc, ray.exceptions.RayError):
+        return type(exc).__name__
+    return f"{exc}"[:300] or type(exc).__name__
+
+
 # -- the cluster as slotrun sees it ------------------------------------------------------------
 
 
@@ -131,20 +175,46 @@ class NodeInfo:
         return f"NodeInfo({self.name!r}, {self.node_id[:8]})"
 
 
+class _Health:
+    """What the head knows of one node's agent: when it last answered, and whether the node
+    is out of placement (``down``: None while it is in, else why in words)."""
+
+    def __init__(self):
+        self.last_ok = None  # monotonic time of the agent's last answer
+        self.silent_since = None  # when the first ping since that answer was sent
+        self.ping = None  # the ping in flight (an ObjectRef)
+        self.ping_at = 0.0
+        self.down = None  # None: in placement; else the cause ("" when Ray says it died)
+        self.told = False  # the listeners heard of the last take-out
+        self.episode = 0  # the generation of the last take-out
+
+
 class ClusterView:
-    """Node names and agent actors of one workspace's engine on the cluster (thread-safe).
+    """Node names, agent actors and node health of one workspace's engine on the cluster.
 
     A node is named by its ``slotrun-name`` label, else by its hostname; a second alive node
     with a name already taken gets "-2", "-3"... (several Ray nodes on one machine).
     A node keeps its name for as long as it is alive.
+
+    While an executor listens (``add_listener``), a watcher thread pings every node's agent
+    once a second. A node is taken out (``nodes()`` no longer lists it, and listeners hear of
+    it at once) when Ray reports it dead, when its agent died, or when its agent has not
+    answered for ``ray_node_timeout`` seconds; it comes back when its agent answers again.
+    Ray itself takes much longer to notice a node that vanished without saying goodbye
+    (its health checks run for about 15 s), and lists it alive meanwhile.
     """
 
     def __init__(self, settings):
+        self.node_timeout = float(settings.get("ray_node_timeout", 3.0))
+        if not self.node_timeout > 0:
+            raise SlotrunError(f"ray_node_timeout must be a number of seconds above 0, such as "
+                               f"3, not {settings.get('ray_node_timeout')!r}")
         self.ray = connect(settings)
         self.settings = settings
         self.key = workspace_key(settings["workspace"])
         self.node_dir = settings.get("ray_node_dir") or ""
         self.timeout = float(settings.get("ray_call_timeout", 30.0))
+        self.ping_interval = min(1.0, self.node_timeout / 3)
         self._lock = threading.Lock()
         self._names = {}  # node id -> name
         self._former = {}  # node id -> name, of nodes that left
@@ -152,9 +222,14 @@ class ClusterView:
         self._nodes = []
         self._nodes_at = 0.0
         self._remote_cls = None
+        self._health = {}  # node id -> _Health
+        self._listeners = []
+        self._news = queue.SimpleQueue()  # ("down", node id, name, cause, episode) to tell
+        self._watcher = None
+        self.generation = 0  # counts nodes taken out and brought back
 
-    def nodes(self, max_age=0.0):
-        """Return the alive nodes as NodeInfo, sorted by name."""
+    def _alive(self, max_age=0.0):
+        """Return every node Ray lists as alive (taken-out ones too), sorted by name."""
         with self._lock:
             if max_age and time.monotonic() - self._nodes_at < max_age:
                 return list(self._nodes)
@@ -187,18 +262,30 @@ class ClusterView:
             self._nodes_at = time.monotonic()
             return list(self._nodes)
 
+    def nodes(self, max_age=0.0):
+        """Return the nodes tasks may be placed on (alive, not taken out) as NodeInfo, by name."""
+        nodes = self._alive(max_age)
+        with self._lock:
+            return [n for n in nodes
+                    if n.node_id not in self._health or self._health[n.node_id].down is None]
+
     def node_alive(self, node_id):
         """Return True while Ray lists the node as alive."""
-        return any(n.node_id == node_id for n in self.nodes())
+        return any(n.node_id == node_id for n in self._alive())
 
     def resolve(self, name):
-        """Return the alive NodeInfo named ``name``, or raise an error naming the alive ones."""
+        """Return the NodeInfo named ``name``, or raise ExecutorUnavailable naming the others."""
         for max_age in (2.0, 0.0):
             for n in self.nodes(max_age):
                 if n.name == name:
                     return n
         alive = ", ".join(n.name for n in self.nodes(2.0)) or "none"
-        raise SlotrunError(f"node {name!r} is not in the Ray cluster (alive nodes: {alive})")
+        with self._lock:
+            out = next((h.down for nid, h in self._health.items()
+                        if h.down is not None and self._names.get(nid) == name), None)
+        why = f" ({out})" if out else " (it was taken out)" if out is not None else ""
+        raise ExecutorUnavailable(
+            f"node {name} is not available{why}; nodes in use: {alive}", node=name)
 
     def _actor_name(self, node_id):
         return f"slotrun-{self.key}-{node_id[:16]}"
@@ -238,6 +325,162 @@ class ClusterView:
         """Return slotrun's name of a node (its id when unknown)."""
         with self._lock:
             return self._names.get(node_id) or self._former.get(node_id) or node_id[:8]
+
+    # -- health ------------------------------------------------------------------------------
+
+    def add_listener(self, fn):
+        """Call ``fn(node_id, name, cause)`` (on the watcher thread) whenever a node is taken
+        out; start watching the nodes."""
+        with self._lock:
+            self._listeners = self._listeners + [fn]
+            if self._watcher is None:
+                self._health = {}  # what an earlier engine saw is no evidence now
+                self._news = queue.SimpleQueue()
+                self._watcher = threading.Thread(target=self._watch, args=(self._news,),
+                                                 name="slotrun-ray-health", daemon=True)
+                self._watcher.start()
+
+    def remove_listener(self, fn):
+        """Stop telling ``fn``; the watcher stops with the last listener."""
+        with self._lock:
+            self._listeners = [f for f in self._listeners if f != fn]  # bound methods: ==
+            if not self._listeners and self._watcher is not None:
+                self._watcher = None
+                self._news.put(("halt",))
+
+    def is_down(self, node_id):
+        """Return why a node is out of placement (None while it is in)."""
+        with self._lock:
+            h = self._health.get(node_id)
+            return None if h is None else h.down
+
+    def mark_down(self, node_id, cause):
+        """Take a node out of placement; ``cause`` says why in words ("" when Ray says it
+        died). Listeners hear of it from the watcher thread. Returns False if it already was."""
+        with self._lock:
+            h = self._health.get(node_id)
+            if h is None:
+                h = self._health[node_id] = _Health()
+            if h.down is not None:
+                return False
+            h.down, h.told = cause, False
+            self.generation += 1
+            h.episode = episode = self.generation
+            name = self._names.get(node_id) or self._former.get(node_id) or node_id[:8]
+        self._news.put(("down", node_id, name, cause, episode))
+        return True
+
+    def _watch(self, news):
+        """Ping the agents, take out the nodes that stopped answering, tell the listeners."""
+        tick = min(0.25, self.ping_interval)
+        next_round = 0.0
+        me = threading.current_thread()
+        while True:
+            try:
+                item = news.get(timeout=tick)
+            except queue.Empty:
+                item = None
+            if item is not None and item[0] == "down":
+                _, node_id, name, cause, episode = item
+                self._tell(node_id, name, cause)
+                with self._lock:
+                    h = self._health.get(node_id)
+                    if h is not None and h.episode == episode:
+                        h.told = True
+            if self._watcher is not me:
+                return
+            try:
+                now = time.monotonic()
+                if now >= next_round:
+                    next_round = now + self.ping_interval
+                    self._ping_round(now)
+                self._check_deadlines(time.monotonic())
+            except Exception as e:  # noqa: BLE001 - the watcher must outlive a cluster hiccup
+                log.warning("watching the Ray nodes failed (%s); trying again", _words(e))
+
+    def _tell(self, node_id, name, cause):
+        for fn in list(self._listeners):
+            try:
+                fn(node_id, name, cause)
+            except Exception:  # noqa: BLE001 - one listener must not silence the others
+                log.exception("a node-loss listener failed")
+
+    def _ping_round(self, now):
+        alive = self._alive()
+        ids = {n.node_id for n in alive}
+        gone = []
+        with self._lock:
+            for nid in list(self._health):
+                if nid not in ids:
+                    h = self._health.pop(nid)
+                    if h.down is None:  # Ray noticed first (or the node left cleanly)
+                        self.generation += 1
+                        gone.append((nid, self._former.get(nid) or nid[:8]))
+            for n in alive:
+                self._health.setdefault(n.node_id, _Health())
+            due = [nid for nid, h in self._health.items()
+                   if h.ping is None and now - h.ping_at >= self.ping_interval]
+        for nid, name in gone:
+            self._tell(nid, name, "")
+        for nid in due:
+            try:
+                ref = self.agent(nid).ping.remote()
+            except Exception as e:  # noqa: BLE001 - counted as no answer
+                log.debug("cannot ping node %s: %s", self.name_of(nid), e)
+                continue
+            with self._lock:
+                h = self._health.get(nid)
+                if h is None:
+                    continue
+                h.ping, h.ping_at = ref, now
+                if h.silent_since is None:
+                    h.silent_since = now
+            ref.future().add_done_callback(lambda f, nid=nid, ref=ref: self._pinged(nid, ref, f))
+
+    def _pinged(self, node_id, ref, fut):
+        # Runs on a Ray thread: no Ray calls here, only bookkeeping.
+        try:
+            fut.result()
+            error = None
+        except Exception as e:  # noqa: BLE001 - sorted out below
+            error = e
+        died = error is not None and _is_dead_actor(self.ray, error)
+        back = False
+        with self._lock:
+            h = self._health.get(node_id)
+            if h is None or h.ping is not ref:
+                return
+            h.ping = None
+            if error is None:
+                h.last_ok, h.silent_since = time.monotonic(), None
+                # Back only once the engine heard it was out: else its take-out could come
+                # after the refresh that brings the devices back, and leave them out.
+                if h.down is not None and h.told:
+                    h.down = None
+                    self.generation += 1
+                    back = True
+            elif died:
+                self._agents.pop(node_id, None)  # the next ping starts a new agent
+        if back:
+            log.warning("node %s answers again; it takes tasks again", self.name_of(node_id))
+        if died:
+            self.mark_down(node_id, "" if _node_died(error) else AGENT_STOPPED)
+
+    def _check_deadlines(self, now):
+        # Silence counts from a ping actually sent: a head too busy to ask (a stalled
+        # watcher) never takes a node out.
+        late = []
+        with self._lock:
+            for nid, h in self._health.items():
+                if h.down is not None or h.silent_since is None:
+                    continue
+                # a new agent (or a node's first) may take a while to start
+                limit = self.node_timeout if h.last_ok is not None \
+                    else max(self.node_timeout, self.timeout)
+                if now - h.silent_since > limit:
+                    late.append(nid)
+        for nid in late:
+            self.mark_down(nid, f"its slotrun agent did not answer for {self.node_timeout:g} s")
 
 
 def _code_env():
@@ -489,6 +732,11 @@ class NodeAgent:
                                 "grace": job.grace}
         os.close(entry["pipe"])
         with self.cond:
+            abandoned = key in self.abandoned
+        if abandoned:  # the head counted it lost and will never collect it
+            self.forget(key)
+            return
+        with self.cond:
             entry["code"] = code
             self.seq += 1
             self.exits.append((self.seq, key, code))
@@ -648,6 +896,14 @@ class _Task:
             self.offset = 0
 
 
+class _NodeOut(Exception):
+    """The node of a call in flight was taken out of placement."""
+
+    def __init__(self, cause):
+        super().__init__(cause)
+        self.cause = cause
+
+
 class _Poll:
     def __init__(self):
         self.after = 0
@@ -687,8 +943,10 @@ class RayExecutor:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             4, thread_name_prefix="slotrun-ray-finish")
         self._closed = False
+        self.on_unavailable = None  # called with an ExecutorUnavailable when a node is taken out
         self._thread = threading.Thread(target=self._pump, name="slotrun-ray-pump", daemon=True)
         self._thread.start()
+        self.view.add_listener(self._node_down)
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -713,21 +971,29 @@ class RayExecutor:
         try:
             for attempt in (1, 2):
                 agent = self.view.agent(node.node_id)
+                ref = agent.start.remote(payload, bundle and [bundle[1], [bundle[2]]])
                 try:
-                    info = ray.get(agent.start.remote(payload, bundle and [bundle[1], [bundle[2]]]),
-                                   timeout=self.timeout)
+                    info = self._answer(ref, node.node_id)
                     break
+                except _NodeOut as e:
+                    agent.abandon.remote(key)
+                    raise _unreachable(node.name, e.cause) from None
                 except ray.exceptions.GetTimeoutError:
                     agent.abandon.remote(key)
-                    raise SlotrunError(
-                        f"node {node.name} did not answer within {self.timeout:g} s") from None
+                    cause = f"it did not answer a start within {self.timeout:g} s"
+                    self.view.mark_down(node.node_id, cause)
+                    raise _unreachable(node.name, cause) from None
                 except ray.exceptions.RayActorError as e:
                     self.view.forget_agent(node.node_id)
-                    if attempt == 2 or not self.view.node_alive(node.node_id):
-                        raise SlotrunError(f"the slotrun agent on node {node.name} is not "
-                                           f"available: {_short(e)}") from None
+                    if attempt == 2 or not _is_dead_actor(ray, e) or \
+                            not self.view.node_alive(node.node_id):
+                        agent.abandon.remote(key)
+                        cause = "" if _node_died(e) or not self._safe_alive(node.node_id) \
+                            else AGENT_STOPPED
+                        self.view.mark_down(node.node_id, cause)
+                        raise _unreachable(node.name, cause) from None
                 except ray.exceptions.RayTaskError as e:
-                    raise SlotrunError(f"on node {node.name}: {_short(e)}") from None
+                    raise SlotrunError(f"on node {node.name}: {_words(e)}") from None
         except BaseException:
             with self._lock:
                 self._tasks.pop(key, None)
@@ -744,8 +1010,35 @@ class RayExecutor:
                 t.finishing = True
         if code is not None:
             self._pool.submit(self._finish, t, code)
+            return handle
+        cause = self.view.is_down(node.node_id)
+        with self._lock:
+            # Taken out while the answer was on its way: lost with the node's other tasks
+            # (unless the loss of those already took this one too).
+            lost = cause is not None and not t.finishing
+            if lost:
+                t.finishing = True
+        if lost:
+            self._pool.submit(self._report_lost, t, _loss_message(node.name, cause))
+            self._pool.submit(self._abandon, node.node_id, [key])
+            return handle
         self._ensure_poll(node.node_id)
         return handle
+
+    def _answer(self, ref, node_id, timeout=None):
+        """Return a call's answer; raise _NodeOut as soon as the node is taken out, and
+        GetTimeoutError after ``timeout`` (default ``ray_call_timeout``) seconds."""
+        ray = self.ray
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            ready, _ = ray.wait([ref], timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            if ready:
+                return ray.get(ready[0])
+            cause = self.view.is_down(node_id)
+            if cause is not None:
+                raise _NodeOut(cause)
+            if time.monotonic() >= deadline:
+                raise ray.exceptions.GetTimeoutError()
 
     def _workspace_bundle(self, argv=()):
         """Return (fingerprint, digest, ref) of the workspace as the nodes should see it.
@@ -911,11 +1204,11 @@ class RayExecutor:
             after = p.after
         try:
             ref = self.view.agent(node_id).wait_exits.remote(after, POLL_TIMEOUT)
-            ref.future().add_done_callback(lambda f: self._events.put(("exits", node_id, f)))
+            ref.future().add_done_callback(lambda f: self._events.put(("exits", node_id, p, f)))
         except Exception as e:  # noqa: BLE001 - reported as a failed poll
             f = concurrent.futures.Future()
             f.set_exception(e)
-            self._events.put(("exits", node_id, f))
+            self._events.put(("exits", node_id, p, f))
 
     def _pump(self):
         next_pull = time.monotonic() + self.interval
@@ -929,7 +1222,7 @@ class RayExecutor:
                 if event is not None:
                     kind = event[0]
                     if kind == "exits":
-                        self._on_poll(event[1], event[2])
+                        self._on_poll(*event[1:])
                     elif kind == "logs":
                         self._on_logs(*event[1:])
                 now = time.monotonic()
@@ -940,27 +1233,25 @@ class RayExecutor:
             except Exception:  # noqa: BLE001 - the pump must survive anything
                 log.exception("the Ray executor's pump failed a step; going on")
 
-    def _on_poll(self, node_id, fut):
+    def _on_poll(self, node_id, p, fut):
         ray = self.ray
         with self._lock:
-            p = self._polls.setdefault(node_id, _Poll())
+            if self._polls.get(node_id) is not p:
+                return  # a poll of tasks already counted lost
             p.pending = False
         try:
             exits = fut.result()
         except Exception as e:  # noqa: BLE001 - sorted out below
-            if self._closed:
+            if self._closed or self.view.is_down(node_id) is not None:
                 return
-            alive = self._safe_alive(node_id)
-            if alive and _node_died(e):
-                alive = False  # Ray said so before its node list caught up
-            if alive is False or (alive and _is_dead_actor(ray, e)):
-                reason = "node {name} was lost" if alive is False else \
-                    "the slotrun agent on node {name} stopped (" + _short(e) + ")"
+            if _is_dead_actor(ray, e) or _node_died(e) or self._safe_alive(node_id) is False:
                 self.view.forget_agent(node_id)
-                self._lose_node(node_id, reason)
+                dead = _node_died(e) or not self._safe_alive(node_id)
+                self.view.mark_down(node_id, "" if dead else AGENT_STOPPED)
                 return
-            log.warning("waiting for exits on node %s failed (%s); retrying",
-                        self.view.name_of(node_id), _short(e))
+            # Not answering (yet): the health watcher takes the node out if it stays silent.
+            log.warning("waiting for exits on node %s failed (%s); asking again in 1 s",
+                        self.view.name_of(node_id), _words(e))
             with self._lock:
                 p.retry_at = time.monotonic() + 1.0
             return
@@ -997,8 +1288,25 @@ class RayExecutor:
         except Exception:  # noqa: BLE001 - the cluster itself may be gone
             return None
 
+    def _node_down(self, node_id, name, cause):
+        """Hear that a node was taken out: tell the engine first, then lose its tasks."""
+        message = _loss_message(name, cause)
+        with self._bundle_lock:
+            # The lost node may hold a copy of the workspace bundle, and Ray keeps sending
+            # other nodes' pulls to that copy until it notices the node is gone (seen: a
+            # start held for more than 30 s). A fresh object lives on the head alone.
+            self._bundle = None
+        with self._lock:
+            busy = sum(1 for t in self._tasks.values() if t.node_id == node_id)
+        log.warning("%s: no new tasks go there until it answers again; %d of its tasks "
+                    "are interrupted", message, busy)
+        if self.on_unavailable is not None:
+            # Before the lost tasks' ends: a retry must never be placed on this node again.
+            self.on_unavailable(ExecutorUnavailable(message, node=name))
+        self._lose_node(node_id, message)
+
     def _lose_node(self, node_id, reason):
-        """Report every task of a node as lost; ``reason`` may name the node as {name}."""
+        """Report every started task of a node as lost, with ``reason`` as its message."""
         with self._lock:
             lost = [t for t in self._tasks.values()
                     if t.node_id == node_id and t.handle is not None and not t.finishing]
@@ -1006,7 +1314,19 @@ class RayExecutor:
                 t.finishing = True
             self._polls.pop(node_id, None)
         for t in lost:
-            self._pool.submit(self._report_lost, t, reason.replace("{name}", t.name))
+            self._pool.submit(self._report_lost, t, reason)
+        if lost:
+            self._pool.submit(self._abandon, node_id, [t.key for t in lost])
+
+    def _abandon(self, node_id, keys):
+        """Ask a taken-out node's agent to stop the tasks counted lost, should it answer again."""
+        try:
+            agent = self.view.agent(node_id, create=False)
+            for key in keys:
+                if agent is not None:
+                    agent.abandon.remote(key)
+        except Exception:  # noqa: BLE001 - a dead agent took its tasks with it
+            pass
 
     def _report_lost(self, t, reason):
         with t.lock:
@@ -1071,8 +1391,8 @@ class RayExecutor:
             with t.lock:
                 # One call brings the log's rest and packs the results; more only when big.
                 pack = t.fetch and bool(t.head_results)
-                got = ray.get(agent.collect.remote(t.key, t.offset, pack),
-                              timeout=max(self.timeout, 600))
+                got = self._answer(agent.collect.remote(t.key, t.offset, pack), t.node_id,
+                                   max(self.timeout, 600))
                 for k in ("stopped", "killed", "grace"):  # what its end had to stop
                     if k in got:
                         t.handle.extra[k] = got[k]
@@ -1089,10 +1409,14 @@ class RayExecutor:
             _write_exit(t.handle.run_dir, code)
             agent.forget.remote(t.key)
         except Exception as e:  # noqa: BLE001 - whatever failed, the head must hear of the task
-            if _is_actor_error(ray, e) or self._safe_alive(t.node_id) is False:
+            if isinstance(e, _NodeOut) or _is_actor_error(ray, e) or \
+                    self._safe_alive(t.node_id) is False:
                 reason = f"node {t.name} was lost before the task's results came back"
+                if not isinstance(e, _NodeOut):
+                    self.view.mark_down(t.node_id, "" if not self._safe_alive(t.node_id)
+                                        else "its slotrun agent could not be reached")
             else:
-                reason = f"could not bring the task's results back from node {t.name}: {_short(e)}"
+                reason = f"could not bring the task's results back from node {t.name}: {_words(e)}"
             log.warning("task %s: %s", t.handle.task_id, reason)
             with t.lock:
                 _append(t.log_path, f"\nslotrun: {reason}\n".encode())
@@ -1140,6 +1464,7 @@ class RayExecutor:
 
     def close(self):
         """Stop watching (tasks keep running on their nodes; a new head re-adopts them)."""
+        self.view.remove_listener(self._node_down)
         self._closed = True
         self._events.put(("wake",))
         self._thread.join(timeout=2)
@@ -1176,8 +1501,3 @@ def _write_exit(run_dir, code):
     with open(tmp, "w", encoding="ascii") as f:
         f.write(f"{code}\n")
     os.replace(tmp, os.path.join(run_dir, "exit"))
-
-
-def _short(exc):
-    text = str(exc).strip().splitlines()
-    return (text[-1] if text else type(exc).__name__)[:300]

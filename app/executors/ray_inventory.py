@@ -8,8 +8,9 @@ there (NVML on that node; simulated GPUs when the node declares GPUs to Ray but 
 and asks for fresh ones in the background (so they are at most one refresh old, and a slow
 node never stalls the dashboard or the scheduler). Only a node seen for the first time is
 waited for, briefly, so that its device list is right from the start. Nodes that join or
-leave the cluster appear or disappear at the next ``snapshot()``; ``watch_nodes`` tells an
-engine when that happens.
+leave the cluster, or that the executor takes out because their agent stopped answering,
+appear or disappear at the next ``snapshot()``; ``watch_nodes`` tells an engine when that
+happens.
 
 It lives beside the Ray executor, not among the devices, because both reach the cluster
 through the same ``ClusterView`` and node agents (``executors.ray``).
@@ -110,8 +111,12 @@ class RayInventory:
         return [d for d in self.snapshot() if d.kind == "cpu"]
 
     def node_ids(self):
-        """Return the ids of the alive nodes (cheap: no figures are asked for)."""
+        """Return the ids of the nodes in use (cheap: no figures are asked for)."""
         return sorted(n.node_id for n in self.view.nodes())
+
+    def changes(self):
+        """Return a number that grows whenever a node is taken out or brought back."""
+        return self.view.generation
 
     def close(self):
         """Release the inventory (the cluster connection stays for the executor)."""
@@ -145,7 +150,9 @@ class NodeWatcher(threading.Thread):
         seen = None
         while not self._halt.wait(self.interval if seen is not None else 0):
             try:
-                ids = self.inventory.node_ids()
+                # A node taken out and back between two looks leaves the ids as they were,
+                # but the engine has dropped its devices meanwhile: count those changes too.
+                ids = (self.inventory.node_ids(), self.inventory.changes())
                 if seen is not None and ids != seen:
                     # Meet new nodes here first (their agents take a moment to start), so
                     # that the engine's own snapshot does not wait on its scheduler thread.
