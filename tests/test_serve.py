@@ -51,8 +51,12 @@ def test_serve_is_gunicorn_with_one_message_and_stops_cleanly_on_sigterm(env, wo
         r = server.api("POST", "/batches", json={"pattern": "exp-1-1", "use_gpu": False,
                                                  "overwrite": True, "command": SLEEP})
         tid = r.json()["tasks"][0]["id"]
-        wait_for(lambda: server.api("GET", f"/tasks/{tid}").json()["state"] == "running", 10)
-        pid = server.api("GET", f"/tasks/{tid}").json()["attempts_list"][0]["pid"]
+        def started():
+            """Return the task's pid once it runs (the pid is written just after the state)."""
+            t = server.api("GET", f"/tasks/{tid}").json()
+            return t["state"] == "running" and t["attempts_list"] and t["attempts_list"][0]["pid"]
+
+        pid = wait_for(started, 10)
     finally:
         code = server.stop()  # SIGTERM; the helper would SIGKILL it after 15 s
         if rec is not None:
