@@ -71,6 +71,7 @@ def submit_remote(args, settings):
     printer = Printer(args.command or settings["command"], bool(args.overwrite))
     sio = socketio.Client(reconnection=True)
     sio.on("task", lambda t: printer("task", t))
+    sio.on("task_list", lambda data: [printer("task", t) for t in data.get("tasks", ())])
 
     @sio.event
     def connect():

@@ -392,7 +392,7 @@ def test_two_members_share_one_server(lab):
                 seen.append(t)
 
         watcher = socketio.Client(reconnection=False)
-        watcher.on("task", on_task)
+        watcher.on("task_list", lambda data: [on_task(t) for t in data["tasks"]])
         watcher.connect(lab.url, auth={"token": tok["alice"]}, transports=["websocket"],
                         wait_timeout=10)
         assert lab.api("POST", "/queue/pause", json={}, token=tok["ada"]).status_code == 200

@@ -645,6 +645,10 @@ class Events:
         """Return the payloads of one event name received so far."""
         return [e["args"][0] for e in self.poll() if e["name"] == name]
 
+    def tasks(self):
+        """Return every task change received so far (the items of each "task_list")."""
+        return [t for x in self.named("task_list") for t in x["tasks"]]
+
 
 @pytest.fixture
 def sio(app, client):
@@ -672,14 +676,14 @@ def test_socket_receives_every_state_change_and_batch_progress(client, sio):
 
     def seen():
         states = {}
-        for t in sio.named("task"):
+        for t in sio.tasks():
             states.setdefault(t["id"], []).append(t["state"])
         return states if set(states) == ids and all(
             s[-1] == "succeeded" for s in states.values()) else None
 
     states = wait_for(seen, 10)
     assert all(s == ["queued", "running", "succeeded"] for s in states.values()), states
-    task = sio.named("task")[-1]
+    task = sio.tasks()[-1]
     assert {"id", "batch", "config", "state", "device", "started_at", "finished_at",
             "exit_code"} <= set(task)
     batches = wait_for(lambda: [x for x in sio.named("batch") if x["finished"]], 5)
@@ -773,6 +777,26 @@ def test_emitter_turns_a_burst_into_one_notice(app, sio):
     emitter._emit_tasks(rows + rows[:10])
     notice = wait_for(lambda: sio.named("tasks"), 5)[-1]
     assert notice == {"changed": 1501, "batches": [1]}
-    assert not sio.named("task")
+    assert not sio.named("task_list")
     emitter._emit_tasks(rows[:3] + rows[:2])
-    wait_for(lambda: [t["id"] for t in sio.named("task")] == [1, 2, 3, 1, 2], 5)
+    lists = wait_for(lambda: sio.named("task_list"), 5)
+    assert len(lists) == 1  # one message for the whole flush
+    assert [t["id"] for t in sio.tasks()] == [1, 2, 3, 1, 2]
+
+
+def test_emitter_skips_a_lagging_client_then_tells_it_to_refetch(app, sio, monkeypatch):
+    emitter = app.extensions["slotrun"].emitter
+    emitter.stop()  # driven by hand here: its thread would flush the catch-up itself
+    sid = next(iter(app.extensions["slotrun"].clients))
+    rows = [{"id": i, "batch_id": 7, "owner": "u", "config": f"configs/c{i}.yaml",
+             "state": "succeeded"} for i in (1, 2)]
+    lagging = [sid]
+    monkeypatch.setattr(emitter, "_lagging", lambda: list(lagging))
+    emitter._emit_tasks(rows[:1])
+    # Behind: no list for it (the next flush would find its queue still long).
+    lagging.clear()
+    emitter._emit_tasks(rows[1:])
+    notice = wait_for(lambda: sio.named("tasks"), 5)[-1]
+    assert notice == {"changed": None, "batches": [7]}
+    assert [t["id"] for t in sio.tasks()] == [2]
+    assert not emitter.behind

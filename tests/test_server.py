@@ -42,6 +42,10 @@ class Recorder:
         with self.lock:
             return [p for e, p in self.events if e == name]
 
+    def tasks(self):
+        """Return every task change received so far (the items of each "task_list")."""
+        return [t for x in self.named("task_list") for t in x["tasks"]]
+
     def close(self):
         """Disconnect."""
         if self.client.connected:
@@ -60,7 +64,7 @@ def env(workspace, tmp_path):
 def task_states(rec, ids):
     """Return {task id: [states seen]} once every task has reached a final state."""
     states = {}
-    for t in rec.named("task"):
+    for t in rec.tasks():
         states.setdefault(t["id"], []).append(t["state"])
     done = set(states) >= ids and all(
         states[i][-1] in ("succeeded", "failed", "cancelled", "interrupted") for i in ids)
@@ -191,7 +195,7 @@ def test_restart_keeps_running_tasks_and_clients_catch_up(env, workspace, tmp_pa
         assert server.api("GET", f"/tasks/{tid}").json()["attempts"] == 1
         if state == "running":  # it ended while this client watched: the end came live
             wait_for(lambda: any(t["id"] == tid and t["state"] == "succeeded"
-                                 for t in rec.named("task")), 5)
+                                 for t in rec.tasks()), 5)
     finally:
         if rec is not None:
             rec.close()

@@ -2,7 +2,11 @@
 
 The engine publishes from its scheduler thread; ``Emitter`` takes those events off a queue
 on its own thread and sends them coalesced, so publishing never blocks the scheduler and a
-burst of changes costs the browsers a bounded number of messages. ``LogPusher`` is the one
+burst of changes costs the browsers a bounded number of messages: task changes go out as
+one ``task_list`` message per flush (at most ``TASK_INTERVAL`` apart), serialised once and
+shared by every client. A client that falls behind (its outgoing queue grows) is skipped
+until it has caught up, then told to re-fetch (a ``tasks`` notice), so every client ends up
+with every final state. ``LogPusher`` is the one
 thread that reads followed logs: every ``log_push_interval`` seconds it sends each followed
 task's new bytes (at most ``log_push_max_bytes``) to the task's room.
 """
@@ -119,8 +123,10 @@ class Emitter:
 
     SUMMARY_INTERVAL = 0.5  # batch progress and queue counts: at most twice a second
     SLOTS_INTERVAL = 0.25
+    TASK_INTERVAL = 0.1  # task changes: one list at most this often (the first one at once)
     DEDUPE_OVER = 200  # a flush holding more task changes keeps only each task's latest
     BURST_CAP = 1000  # more changed tasks than this in one flush: one "tasks" notice instead
+    LAG_PACKETS = 64  # a client with more packets than this waiting to be sent is behind
     RECHECK_INTERVAL = 5.0  # seconds between checks that connected clients are still signed in
 
     def __init__(self, socketio, slotrun):
@@ -138,6 +144,9 @@ class Emitter:
         self.last_slots = 0.0
         self.next_devices = None
         self.next_recheck = 0.0
+        self.tasks = []  # task changes not sent yet, oldest first
+        self.last_tasks = 0.0
+        self.behind = {}  # sid -> batch ids whose changes it missed while it lagged
 
     def start(self):
         """Start the emitter thread."""
@@ -174,10 +183,14 @@ class Emitter:
             return None
         now = time.monotonic()
         times = [self.next_devices if self.next_devices is not None else now]
+        if self.tasks:
+            times.append(self.last_tasks + self.TASK_INTERVAL)
         if self.counts_dirty or self.dirty_batches:
             times.append(self.last_summary + self.SUMMARY_INTERVAL)
         if self.slots is not None:
             times.append(self.last_slots + self.SLOTS_INTERVAL)
+        if self.behind:
+            times.append(now + self.TASK_INTERVAL)  # look again whether they caught up
         return max(0.0, min(times) - now)
 
     def _step(self):
@@ -191,10 +204,9 @@ class Emitter:
                 items.append(self.q.get_nowait())
             except queue.Empty:
                 break
-        tasks = []
         for event, payload in items:
             if event == "task":
-                tasks.append(payload)
+                self.tasks.append(payload)
                 self.dirty_batches.add(payload["batch_id"])
                 self.counts_dirty = True
             elif event == "batch":
@@ -216,10 +228,12 @@ class Emitter:
             self.counts_dirty = self.queue_now = False
             self.slots = None
             self.next_devices = None
+            self.tasks = []
+            self.behind = {}
             return
-        self._flush(tasks)
+        self._flush()
 
-    def _flush(self, tasks):
+    def _flush(self):
         s = self.slotrun
         now = time.monotonic()
         if s.auth and now >= self.next_recheck:
@@ -231,7 +245,12 @@ class Emitter:
             self._emit("batch", batch_json(s.store.get_batch(bid), usage, s.store))
             self.dirty_batches.discard(bid)
         self.new_batches = []
-        self._emit_tasks(tasks)
+        if self.tasks and now - self.last_tasks >= self.TASK_INTERVAL:
+            tasks, self.tasks = self.tasks, []
+            self._emit_tasks(tasks)
+            self.last_tasks = now
+        elif self.behind:
+            self._emit_tasks([])  # tell the clients that caught up meanwhile
         now = time.monotonic()
         due = now - self.last_summary >= self.SUMMARY_INTERVAL
         if (self.counts_dirty or self.dirty_batches) and due:
@@ -258,21 +277,51 @@ class Emitter:
             self.next_devices = now + refresh
 
     def _emit_tasks(self, tasks):
+        """Send task changes as one list to every client keeping up; tell the others, once
+        they have caught up, to re-fetch (a "tasks" notice)."""
         if len(tasks) > self.DEDUPE_OVER:
             latest = {}
             for t in tasks:
                 latest.pop(t["id"], None)
                 latest[t["id"]] = t
             tasks = list(latest.values())
-        if len(tasks) > self.BURST_CAP:
-            self._emit("tasks", {"changed": len(tasks),
-                                 "batches": sorted({t["batch_id"] for t in tasks})})
+        batches = {t["batch_id"] for t in tasks}
+        lagging = self._lagging()
+        for sid in lagging:
+            self.behind.setdefault(sid, set()).update(batches)
+        caught_up = [sid for sid in self.behind if sid not in lagging]
+        for sid in caught_up:
+            missed = self.behind.pop(sid, None)
+            if missed is not None and sid in self.slotrun.clients:
+                self._emit("tasks", {"changed": None, "batches": sorted(missed)}, to=sid)
+        if not tasks:
             return
-        for t in tasks:
-            self._emit("task", task_json(t))
+        if len(tasks) > self.BURST_CAP:
+            self._emit("tasks", {"changed": len(tasks), "batches": sorted(batches)},
+                       skip_sid=lagging)
+            return
+        self._emit("task_list", {"tasks": [task_json(t) for t in tasks]}, skip_sid=lagging)
 
-    def _emit(self, event, payload):
-        self.socketio.emit(event, payload, namespace=NAMESPACE)
+    def _lagging(self):
+        """Return the sids of the clients whose outgoing queue is longer than LAG_PACKETS."""
+        server = self.socketio.server
+        out = []
+        try:
+            eio = server.eio
+            for sid in list(self.slotrun.clients):
+                eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
+                sock = eio.sockets.get(eio_sid) if eio_sid else None
+                q = getattr(sock, "queue", None)
+                if q is not None and q.qsize() > self.LAG_PACKETS:
+                    out.append(sid)
+        except (AttributeError, KeyError, TypeError):  # another transport: nobody counted
+            return []
+        return out
+
+    def _emit(self, event, payload, to=None, skip_sid=None):
+        # One emit to many clients is serialised once and queued to each.
+        self.socketio.emit(event, payload, namespace=NAMESPACE, to=to,
+                           skip_sid=skip_sid or None)
 
 
 # -- followed logs --------------------------------------------------------------------------------

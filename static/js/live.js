@@ -25,7 +25,10 @@ function setBadge(state, detail) {
   document.body.dataset.live = state;
 }
 
-/** Register a handler for a server event ("task", "batch", "devices", "slots", "queue", "log"). */
+/**
+ * Register a handler for a server event ("task", "batch", "devices", "slots", "queue", "log").
+ * The server sends task changes as lists ("task_list"); each item reaches the "task" handlers.
+ */
 export function on(event, fn) {
   if (!handlers.has(event)) {
     handlers.set(event, []);
@@ -79,6 +82,9 @@ export function connect() {
   if (bootstrap().socket_auth) options.auth = bootstrap().socket_auth;
   socket = window.io(options);
   for (const event of handlers.keys()) socket.on(event, (data) => dispatch(event, data));
+  socket.on("task_list", (data) => {
+    for (const t of (data && data.tasks) || []) dispatch("task", t);
+  });
   socket.on("connect", () => {
     setBadge("live");
     const again = everConnected;

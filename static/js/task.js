@@ -251,6 +251,9 @@ live.on("task", (t) => {
   if (t.id === taskId) updateTask(t);
 });
 
+// Changes this page missed (a burst too large to send, or a connection that fell behind).
+live.on("tasks", () => loadTask());
+
 // A running GPU task's memory, as the engine samples it, pushed to the log's followers.
 live.on("memory", (m) => {
   if (m.task !== taskId || !task) return;
