@@ -48,12 +48,14 @@ def children_cpu():
     return ru.ru_utime + ru.ru_stime
 
 
-def timed(argv, cwd=None, env=None, stdin=None, stdout=None, timeout=600):
-    """Run a command; return (wall seconds, CPU seconds of it and its reaped children, rc)."""
+def timed(argv, cwd=None, env=None, stdin=None, stdout=None, timeout=600, launched=False):
+    """Run a command; return (wall seconds, CPU seconds of it and its reaped children, rc),
+    and with ``launched`` the wall-clock time (``time.time_ns``) just before it was started."""
     # Not subprocess.run(timeout=...): a wait with a timeout polls with sleeps of up to 50 ms,
     # which would round every figure up. A blocking wait returns the moment the child ends;
     # a watchdog timer kills a hung command instead.
     cpu0 = children_cpu()
+    launched_ns = time.time_ns()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout,
                             stderr=subprocess.STDOUT if stdout is not None else None)
@@ -67,12 +69,25 @@ def timed(argv, cwd=None, env=None, stdin=None, stdout=None, timeout=600):
     wall = time.perf_counter() - t0
     if time.perf_counter() - t0 >= timeout:
         raise subprocess.TimeoutExpired(argv, timeout)
+    if launched:
+        return wall, children_cpu() - cpu0, rc, launched_ns
     return wall, children_cpu() - cpu0, rc
 
 
+PYCACHE = os.path.join(BENCH, "out", "pycache")
+
+
 def clean_env(**extra):
-    """Return an environment for tools and tasks without slotrun's own variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLOTRUN_")}
+    """Return an environment for tools and tasks without slotrun's own variables.
+
+    Python bytecode is cached (under bench/out/pycache, outside the source tree) even where
+    the calling shell sets PYTHONDONTWRITEBYTECODE, as it is for a user: an installed package
+    ships compiled, an editable one compiles once. Otherwise every start of multi-run.py and
+    of the Python tasks (for every tool alike) would compile its modules again.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLOTRUN_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = PYCACHE
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

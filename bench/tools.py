@@ -1,10 +1,16 @@
 """The tools under comparison: how each one runs a job (N commands on S slots).
 
 A job is a list of commands that differ only in their last argument: ``prefix + [param]``.
-Every tool runs exactly those argument lists; the ones that always go through a shell
-(GNU parallel, simple_gpu_scheduler) get them shell-quoted. Each runner returns a dict with
-the wall time in seconds (``wall``), the CPU seconds of the tool and its tasks where they can
-be counted (``cpu``), the exit status (``rc``) and tool-specific extras.
+Every tool runs each of those commands through exactly one ``/bin/sh``, as ``xargs -P S sh
+-c`` does: slotrun always does (its wrapper shell records the task's pid and exit code), GNU
+parallel and simple_gpu_scheduler always do (``sh -c 'PREFIX param'``), and xargs,
+task-spooler, Ray and the bare floor are given ``sh -c 'PREFIX "$1"' sh param``. Debian's
+dash forks for the command even when it is the script's last one, so every tool pays one
+shell and one fork per task (a shell builtin such as ``true`` runs inside the shell for all).
+Each runner returns a dict with the wall time in seconds (``wall``), the CPU seconds of the
+tool and its tasks where they can be counted (``cpu``), the exit status (``rc``), the
+wall-clock time the tool was launched (``launched_ns``, for the first start) and
+tool-specific extras.
 """
 
 import glob
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from .common import PY, REPO, clean_env, timed
 
 STAMPS = "{stamps}"
+SHELL = "/bin/sh"
 
 
 @dataclass
@@ -42,6 +49,15 @@ class Job:
         pre = self.argv_prefix(run_dir)
         return [pre + [p] for p in self.params]
 
+    def script(self, run_dir):
+        """Return the one-line shell script that runs the prefix with its parameter ($1)."""
+        return shlex.join(self.argv_prefix(run_dir)) + ' "$1"'
+
+    def shell_commands(self, run_dir):
+        """Return every task's argument list run through one shell: sh -c SCRIPT sh PARAM."""
+        script = self.script(run_dir)
+        return [[SHELL, "-c", script, "sh", p] for p in self.params]
+
 
 def _check(rc, what):
     if rc != 0:
@@ -51,15 +67,16 @@ def _check(rc, what):
 # -- xargs -P ------------------------------------------------------------------------------
 
 def run_xargs(job, run_dir):
-    """Run the job with ``xargs -P S -n 1 PREFIX``, arguments on stdin."""
+    """Run the job with ``xargs -P S -n 1 sh -c 'PREFIX "$1"' sh``, arguments on stdin."""
     inp = os.path.join(run_dir, "params.txt")
     with open(inp, "w", encoding="utf-8") as f:
         f.write("\n".join(job.params) + "\n")
-    argv = ["xargs", "-P", str(job.slots), "-n", "1", *job.argv_prefix(run_dir)]
+    argv = ["xargs", "-P", str(job.slots), "-n", "1", SHELL, "-c", job.script(run_dir), "sh"]
     with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
-        wall, cpu, rc = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin, stdout=out)
+        wall, cpu, rc, launched = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin,
+                                        stdout=out, launched=True)
     _check(rc, "xargs")
-    return {"wall": wall, "cpu": cpu, "rc": rc}
+    return {"wall": wall, "cpu": cpu, "rc": rc, "launched_ns": launched}
 
 
 # -- GNU parallel ----------------------------------------------------------------------------
@@ -79,17 +96,19 @@ def parallel_available():
 
 
 def run_parallel(job, run_dir):
-    """Run the job with ``parallel -j S 'PREFIX' < params`` (each task through a shell)."""
+    """Run the job with ``parallel -j S 'PREFIX' < params`` (each task through one /bin/sh)."""
     inp = os.path.join(run_dir, "params.txt")
     with open(inp, "w", encoding="utf-8") as f:
         f.write("\n".join(job.params) + "\n")
     cmd = shlex.join(job.argv_prefix(run_dir))
     argv = ["parallel", "--will-cite", "-j", str(job.slots), cmd]
-    env = clean_env(HOME=run_dir, TMPDIR=run_dir)  # its citation and temp files stay here
+    # Its citation and temp files stay here; its shell is /bin/sh, as every other tool's.
+    env = clean_env(HOME=run_dir, TMPDIR=run_dir, PARALLEL_SHELL=SHELL)
     with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
-        wall, cpu, rc = timed(argv, cwd=run_dir, env=env, stdin=stdin, stdout=out)
+        wall, cpu, rc, launched = timed(argv, cwd=run_dir, env=env, stdin=stdin, stdout=out,
+                                        launched=True)
     _check(rc, "parallel")
-    return {"wall": wall, "cpu": cpu, "rc": rc}
+    return {"wall": wall, "cpu": cpu, "rc": rc, "launched_ns": launched}
 
 
 # -- task-spooler ----------------------------------------------------------------------------
@@ -107,19 +126,19 @@ def run_tsp(job, run_dir):
                     TS_SLOTS=str(job.slots), TS_MAXFINISHED=str(len(job.params) + 10))
     subprocess.run(["tsp", "-S", str(job.slots)], env=env, check=True, capture_output=True)
     script = os.path.join(run_dir, "queue.sh")
-    pre = job.argv_prefix(run_dir)
     with open(script, "w", encoding="utf-8") as f:
-        for p in job.params:
-            f.write("tsp " + shlex.join(pre + [p]) + " >/dev/null\n")
+        for argv in job.shell_commands(run_dir):  # tsp runs its argument list itself: one sh
+            f.write("tsp " + shlex.join(argv) + " >/dev/null\n")
         f.write(f"tsp -N {job.slots} true >/dev/null\ntsp -w\n")
     try:
         with open(os.path.join(run_dir, "out.log"), "wb") as out:
-            wall, _, rc = timed(["sh", script], cwd=run_dir, env=env, stdout=out)
+            wall, _, rc, launched = timed([SHELL, script], cwd=run_dir, env=env, stdout=out,
+                                          launched=True)
         _check(rc, "tsp")
     finally:
         subprocess.run(["tsp", "-K"], env=env, capture_output=True)
     # The job-running tsp clients are daemonised: their CPU time cannot be counted here.
-    return {"wall": wall, "cpu": None, "rc": rc}
+    return {"wall": wall, "cpu": None, "rc": rc, "launched_ns": launched}
 
 
 # -- simple_gpu_scheduler -----------------------------------------------------------------------
@@ -135,9 +154,10 @@ def run_sgs(job, run_dir):
             f.write(shlex.join(argv) + "\n")
     argv = [PY, "-c", SGS_MAIN, "--gpus", *[str(i) for i in range(job.slots)]]
     with open(inp, "rb") as stdin, open(os.path.join(run_dir, "out.log"), "wb") as out:
-        wall, cpu, rc = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin, stdout=out)
+        wall, cpu, rc, launched = timed(argv, cwd=run_dir, env=clean_env(), stdin=stdin,
+                                        stdout=out, launched=True)
     _check(rc, "simple_gpu_scheduler")
-    return {"wall": wall, "cpu": cpu, "rc": rc}
+    return {"wall": wall, "cpu": cpu, "rc": rc, "launched_ns": launched}
 
 
 # -- slotrun -----------------------------------------------------------------------------------
@@ -179,7 +199,7 @@ def slotrun_records(ws):
     finally:
         conn.close()
     logs = len(glob.glob(os.path.join(ws, ".slotrun", "runs", "*", "output.log")))
-    return {"attempts": total, "succeeded": ok or 0, "logs": logs,
+    return {"attempts": total, "succeeded": ok or 0, "logs": logs, "first_started_at": first,
             "engine_span": (last - first) if first is not None and last is not None else None}
 
 
@@ -193,7 +213,8 @@ def run_slotrun(job, run_dir, ws=None, gpus=0):
         env.update(SLOTRUN_FAKE_GPUS=str(gpus),
                    SLOTRUN_FAKE_GPU_DIR=os.path.join(run_dir, "fakegpu"))
     with open(os.path.join(run_dir, "console.log"), "wb") as out:
-        wall, cpu, rc = timed(argv, cwd=ws, env=env, stdin=subprocess.DEVNULL, stdout=out)
+        wall, cpu, rc, launched = timed(argv, cwd=ws, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, launched=True)
     if rc != 0:
         with open(os.path.join(run_dir, "console.log"), encoding="utf-8", errors="replace") as f:
             tail = f.read()[-2000:]
@@ -203,7 +224,10 @@ def run_slotrun(job, run_dir, ws=None, gpus=0):
     if rec["succeeded"] != n or rec["logs"] != n:
         raise RuntimeError(f"slotrun recorded {rec['succeeded']} succeeded attempts and "
                            f"{rec['logs']} log files for {n} tasks")
-    return {"wall": wall, "cpu": cpu, "rc": rc, **rec}
+    if rec.get("first_started_at") is not None:
+        # The engine's own record of its first start, from the call (both wall clocks).
+        rec["engine_first_start_ms"] = (rec.pop("first_started_at") - launched / 1e9) * 1000
+    return {"wall": wall, "cpu": cpu, "rc": rc, "launched_ns": launched, **rec}
 
 
 TMPFS = "/dev/shm"
@@ -232,18 +256,32 @@ def run_slotrun_gpu(job, run_dir):
     return run_slotrun(job, run_dir, gpus=2)
 
 
+def run_slotrun_gpu_tmpfs(job, run_dir):
+    """Run slotrun in GPU mode (as run_slotrun_gpu) with the workspace on tmpfs: a diagnostic."""
+    import tempfile
+
+    ws = tempfile.mkdtemp(prefix="slotrun-bench-", dir=TMPFS)
+    try:
+        return run_slotrun(job, run_dir, ws, gpus=2)
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
 # -- the bare floor (for the slot gap) --------------------------------------------------------
 
 def run_floor(job, run_dir):
     """Run the job from a bare launcher: posix_spawn + os.wait, refilling a slot the moment
-    a child ends (S slots, no shell, no records, no output files).
+    a child ends (S slots, each task through one /bin/sh as for every tool, no records, no
+    output files).
 
-    Not a tool: the smallest exit-to-start gap this machine and interpreter allow under the
-    same concurrency, which is subtracted from every tool's gap to give what the tool adds.
+    Not a tool: the smallest exit-to-start gap this machine, its shell and the interpreter
+    allow under the same concurrency, which is subtracted from every tool's gap to give what
+    the tool adds.
     """
     env = clean_env()
-    cmds = iter(job.commands(run_dir))
+    cmds = iter(job.shell_commands(run_dir))
     running = 0
+    launched = time.time_ns()
     t0 = time.perf_counter()
     while True:
         while running < job.slots:
@@ -256,7 +294,7 @@ def run_floor(job, run_dir):
             break
         os.wait()
         running -= 1
-    return {"wall": time.perf_counter() - t0, "cpu": None, "rc": 0}
+    return {"wall": time.perf_counter() - t0, "cpu": None, "rc": 0, "launched_ns": launched}
 
 
 RUNNERS = {
@@ -267,4 +305,5 @@ RUNNERS = {
     "GNU parallel": run_parallel,
     "slotrun-tmpfs": run_slotrun_tmpfs,
     "slotrun-gpu": run_slotrun_gpu,
+    "slotrun-gpu-tmpfs": run_slotrun_gpu_tmpfs,
 }

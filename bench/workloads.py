@@ -68,14 +68,18 @@ def slot_gaps(stamps, slots):
     return [(starts[slots + k] - ends[k]) / 1e6 for k in range(len(starts) - slots)]
 
 
-def gap_summary(run_dir, job):
-    """Return the gap figures of one run from its stamp file."""
+def gap_summary(run_dir, job, launched_ns=None):
+    """Return the gap figures of one run from its stamp file (and, given the wall-clock time
+    the tool was launched, how long after it the first task ran its first statement)."""
     stamps = read_stamps(os.path.join(run_dir, "stamps.txt"))
     if len(stamps) != len(job.params):
         raise RuntimeError(f"{len(stamps)} of {len(job.params)} tasks recorded their stamps")
     gaps = slot_gaps(stamps, job.slots)
-    return {"gap_median_ms": median(gaps), "gap_p95_ms": percentile(gaps, 95),
-            "gap_max_ms": max(gaps), "gaps_ms": [round(g, 3) for g in gaps]}
+    out = {"gap_median_ms": median(gaps), "gap_p95_ms": percentile(gaps, 95),
+           "gap_max_ms": max(gaps), "gaps_ms": [round(g, 3) for g in gaps]}
+    if launched_ns is not None:
+        out["first_start_ms"] = (min(s for s, _ in stamps) - launched_ns) / 1e6
+    return out
 
 
 def efficiency(job, wall):

@@ -26,14 +26,19 @@ def test_bench_smoke_runs_and_writes_results(tmp_path):
     assert results["machine"]["nproc"] >= 1
     for wl in ("w1", "w2", "w3", "gap"):
         tools = results["workloads"][wl]["tools"]
-        # xargs and slotrun always run; the other baselines only when installed
+        # xargs and slotrun (CPU mode; GPU mode on W1 and the gap) always run; the other
+        # baselines only when installed
         assert tools["xargs"]["runs"], tools["xargs"]
-        assert tools["slotrun"]["runs"], tools["slotrun"]
-        run = tools["slotrun"]["runs"][0]
-        assert run["succeeded"] == results["workloads"][wl]["tasks"] == run["logs"]
-    assert results["workloads"]["gap"]["tools"]["slotrun"]["runs"][0]["gap_median_ms"] >= 0
+        for mode in ("slotrun-gpu", "slotrun") if wl in ("w1", "gap") else ("slotrun",):
+            assert tools[mode]["runs"], tools[mode]
+            run = tools[mode]["runs"][0]
+            assert run["succeeded"] == results["workloads"][wl]["tasks"] == run["logs"]
+    for mode in ("slotrun-gpu", "slotrun"):
+        run = results["workloads"]["gap"]["tools"][mode]["runs"][0]
+        assert run["gap_median_ms"] >= 0 and run["first_start_ms"] > 0
+    assert set(results["summary"]["w1"]["verdicts"]) == {"slotrun-gpu", "slotrun"}
     assert "model_ms" in results["summary"]["startup"]
-    for name in ("server", "logflood", "clients"):
+    for name in ("server", "logflood", "clients", "submits", "memory"):
         status = results["workloads"][name]["status"]
         assert status == "ok" or status.startswith("not run"), status
     assert (out / "RESULTS-smoke.md").read_text(encoding="utf-8").startswith("# slotrun benchmark")
