@@ -133,6 +133,15 @@ MIGRATIONS = [
     # dies during the grace leaves the SIGKILL to the next one.
     Migration(4, "attempts: when a stop was asked for, and why",
               add_columns("attempts", "stop_requested_at REAL", "stop_reason TEXT")),
+    Migration(5, "notification settings per user", """
+        CREATE TABLE IF NOT EXISTS notify_prefs (
+            user_id    INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+            webhook    TEXT NOT NULL DEFAULT '',  -- a URL (a secret: shown to its user only)
+            email      TEXT NOT NULL DEFAULT '',
+            events     TEXT NOT NULL DEFAULT '',  -- comma-separated: batch.finished,task.failed
+            updated_at REAL NOT NULL
+        );
+    """),
 ]
 
 LATEST = MIGRATIONS[-1].version

@@ -67,6 +67,25 @@ class NoPreferences:
         return []
 
 
+class StorePreferences:
+    """Each user's settings, as they chose them on their account page (``NotifyStore``)."""
+
+    def __init__(self, notify_store):
+        self.db = notify_store
+
+    def for_user(self, name):
+        """Return a user's Channels, or None."""
+        p = self.db.get_by_name(name)
+        if p is None:
+            return None
+        return Channels(p["webhook"], p["email"], frozenset(p["events"]))
+
+    def subscribed(self, event):
+        """Return [(user name, Channels)] of every user who wants ``event``."""
+        return [(name, Channels(p["webhook"], p["email"], frozenset(p["events"])))
+                for name, p in self.db.all() if event in p["events"]]
+
+
 @dataclass(frozen=True)
 class Message:
     """One notification: a line of text, a subject, and structured fields for webhooks."""

@@ -521,6 +521,7 @@ class AccountStore:
         """Delete a user and its tokens."""
         with self.store._write() as c:
             c.execute("DELETE FROM tokens WHERE user_id=?", (user_id,))
+            c.execute("DELETE FROM notify_prefs WHERE user_id=?", (user_id,))
             c.execute("DELETE FROM users WHERE id=?", (user_id,))
 
     def add_token(self, user_id, label, secret_hash):
@@ -599,6 +600,47 @@ class AccountStore:
         """Delete an invite (its link stops working)."""
         with self.store._write() as c:
             c.execute("DELETE FROM invites WHERE id=?", (invite_id,))
+
+
+class NotifyStore:
+    """Each user's notification settings: a webhook URL, an e-mail address, the events wanted."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, user_id):
+        """Return a user's settings {webhook, email, events: [...], updated_at}, or None."""
+        row = self.store._conn().execute(
+            "SELECT webhook, email, events, updated_at FROM notify_prefs WHERE user_id=?",
+            (user_id,)).fetchone()
+        return _prefs(row) if row else None
+
+    def get_by_name(self, name):
+        """Return the settings of the user with this name, or None."""
+        row = self.store._conn().execute(
+            "SELECT p.webhook, p.email, p.events, p.updated_at FROM notify_prefs p JOIN users u "
+            "ON u.id=p.user_id WHERE u.name=?", (name,)).fetchone()
+        return _prefs(row) if row else None
+
+    def put(self, user_id, webhook, email, events):
+        """Store a user's settings (replacing the old ones)."""
+        with self.store._write() as c:
+            c.execute("INSERT INTO notify_prefs(user_id, webhook, email, events, updated_at) "
+                      "VALUES(?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
+                      "webhook=excluded.webhook, email=excluded.email, events=excluded.events, "
+                      "updated_at=excluded.updated_at",
+                      (user_id, webhook, email, ",".join(events), time.time()))
+
+    def all(self):
+        """Return [(user name, settings)] of every user with a webhook or an address set."""
+        return [(r["name"], _prefs(r)) for r in self.store._conn().execute(
+            "SELECT u.name, p.webhook, p.email, p.events, p.updated_at FROM notify_prefs p "
+            "JOIN users u ON u.id=p.user_id WHERE p.webhook!='' OR p.email!='' ORDER BY u.name")]
+
+
+def _prefs(row):
+    return {"webhook": row["webhook"], "email": row["email"],
+            "events": [e for e in row["events"].split(",") if e], "updated_at": row["updated_at"]}
 
 
 class _Tx:

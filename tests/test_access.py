@@ -74,6 +74,9 @@ MATRIX = {
     ("sweep_pages.sweep_page", "GET"): READ,
     ("sweep_pages.batch_results_page", "GET"): READ,
     ("sweep_pages.pattern_results_page", "GET"): READ,
+    ("notify_api.notify_get", "GET"): SELF,
+    ("notify_api.notify_put", "PUT"): SELF,
+    ("notify_api.notify_test", "POST"): SELF,
     ("static", "GET"): PUBLIC,
     ("views.index", "GET"): READ,
     ("views.batch_page", "GET"): READ,
@@ -102,7 +105,8 @@ EVENT_MATRIX = {"connect": READ, "disconnect": PUBLIC, "follow": READ, "unfollow
 # The status an allowed call answers (200 unless listed): what it does once access is granted.
 ALLOWED_STATUS = {
     ("api.batch_create", "POST"): {201},
-    ("sweeps_api.sweep_create", "POST"): {201, 409},  # the first one writes; the rest exist
+    ("sweeps_api.sweep_create", "POST"): {201, 409},
+    ("notify_api.notify_test", "POST"): {400},  # nothing saved to send a test to  # the first one writes; the rest exist
     ("api.task_cancel", "POST"): {409},  # the task has finished: allowed, but nothing to cancel
     ("api.task_retry", "POST"): {409},  # it succeeded: nothing to retry
     ("views.login", "GET"): {200, 302},  # signed in already: on to the dashboard
@@ -129,6 +133,7 @@ QUERY = {"api.configs": "pattern=exp-1", "results_api.pattern_results": "pattern
 BODIES = {
     "api.batch_create": {"pattern": "exp-1-1", "use_gpu": False},  # complete: skipped at once
     "api.device_update": {"slots": 1},
+    "notify_api.notify_put": {"events": ["batch.finished"]},
     "sweeps_api.sweep_preview": {"base": "configs/exp-1/exp-1-1.yaml", "folder": "matrix",
                                  "params": {"model_params.radius": [5]}},
     "sweeps_api.sweep_create": {"base": "configs/exp-1/exp-1-1.yaml", "folder": "matrix",

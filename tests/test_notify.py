@@ -289,3 +289,81 @@ def test_first_error_line_of_a_log(tmp_path):
     log.write_text("working\nlast words\n")
     assert first_error_line(str(log)) == "last words"
     assert first_error_line(str(tmp_path / "missing.log")) == ""
+
+
+# -- per-user settings: each member's own webhook and e-mail ------------------------------------
+
+@pytest.mark.slow
+def test_members_get_their_own_notifications_by_webhook_and_email(tmp_path, receivers):
+    from aiosmtpd.controller import Controller
+
+    from app.accounts import Accounts
+    from tests.helpers import free_port
+
+    mails = []
+
+    class Mailbox:
+        async def handle_DATA(self, server, session, envelope):
+            mails.append(envelope)
+            return "250 Message accepted"
+
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    mia_hook, bob_hook = receivers(), receivers()
+    ws = make_workspace(tmp_path / "ws")
+    acc = Accounts(Store(os.path.join(ws, ".slotrun", "state.db")))
+    for name in ("mia", "bob"):
+        acc.add_user(name, "member", f"pw-{name}-12345")
+    tokens = {n: acc.create_token(n, "t")[1] for n in ("mia", "bob")}
+    server = ServerProcess(tmp_path / "server.log", task_env(
+        SLOTRUN_AUTH="true", SLOTRUN_SIM_TIME=0.2, SLOTRUN_CPU_SLOTS=2,
+        SLOTRUN_NOTIFY_WEBHOOK_HOSTS="127.0.0.1", SLOTRUN_SMTP_HOST="127.0.0.1",
+        SLOTRUN_SMTP_PORT=smtp.port, SLOTRUN_SMTP_SECURITY="none",
+        SLOTRUN_SMTP_FROM="slotrun@lab.example", SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu")),
+        ws, ready_status=401)
+
+    def call(who, method, path, body=None):
+        return server.json_api(method, path, body, token=tokens[who])
+
+    try:
+        status, prefs = call("mia", "GET", "/account/notifications")
+        assert status == 200 and prefs["webhook"] == "" and prefs["email_available"] is True
+        assert prefs["events"] == ["batch.finished", "task.failed", "queue.paused"]
+        for bad, fragment in ((
+                {"webhook": "http://10.0.0.1/hook"}, "not allowed on this server"),
+                ({"webhook": "ftp://127.0.0.1/x"}, "https://"),
+                ({"email": "not-an-address"}, "not an e-mail address"),
+                ({"events": ["batch.started"]}, "events must be a list"),
+                ({"owner": "bob"}, "unknown field")):
+            status, out = call("mia", "PUT", "/account/notifications", bad)
+            assert status == 400 and fragment in out["error"], (bad, out)
+        status, prefs = call("mia", "PUT", "/account/notifications", {
+            "webhook": mia_hook.url, "email": "mia@lab.example",
+            "events": ["task.failed", "batch.finished"]})
+        assert status == 200 and prefs["events"] == ["batch.finished", "task.failed"]
+        status, _ = call("bob", "PUT", "/account/notifications", {
+            "webhook": bob_hook.url, "events": ["batch.finished"]})
+        assert status == 200
+
+        status, out = call("mia", "POST", "/account/notifications/test", {})
+        assert status == 200 and out["webhook"]["ok"] and out["email"]["ok"], out
+        assert mia_hook.requests[-1]["json"]["event"] == "test"
+        wait_for(lambda: len(mails) == 1, 5)
+        assert mails[0].rcpt_tos == ["mia@lab.example"]
+
+        status, b = call("mia", "POST", "/batches", {"pattern": "exp-1-1", "use_gpu": False})
+        assert status == 201
+        got = wait_for(lambda: [r for r in mia_hook.requests
+                                if r["json"]["event"] == "batch.finished"], 20)
+        assert got[0]["json"]["batch"] == b["id"] and got[0]["json"]["owner"] == "mia"
+        mail = wait_for(lambda: [m for m in mails if b"finished" in m.content], 10)[0]
+        assert b"Subject: slotrun: batch %d finished: 1 succeeded, 0 failed" % b["id"] in mail.content
+        status, b2 = call("bob", "POST", "/batches", {"pattern": "exp-1-2", "use_gpu": False})
+        wait_for(lambda: bob_hook.requests, 20)
+        # Each member was told of their own batch only.
+        assert [r["json"]["batch"] for r in bob_hook.requests] == [b2["id"]]
+        assert [r["json"]["batch"] for r in mia_hook.requests
+                if r["json"]["event"] == "batch.finished"] == [b["id"]]
+    finally:
+        server.stop()
+        smtp.stop()

@@ -13,6 +13,7 @@ One file per concern:
 - ``events``: Socket.IO handlers, the event emitter and the log pusher threads
 - ``insight``: device history, batch timelines and memory suggestions
 - ``sweeps_api``, ``results_api``, ``sweep_pages``: sweeps, results tables and their pages
+- ``notify_api``: each user's notification settings (webhook, e-mail, events)
 
 This module only re-exports what code outside the package uses.
 """

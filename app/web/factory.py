@@ -15,7 +15,7 @@ from werkzeug.routing import IntegerConverter
 
 from .. import pattern_helper
 from .. import settings as settings_mod
-from . import api, events, insight, results_api, sweep_pages, sweeps_api, views
+from . import api, events, insight, notify_api, results_api, sweep_pages, sweeps_api, views
 from . import errors as web_errors
 from .access import check_access, require_authorize
 from .auth import (LOGIN_LIMIT_PER_ADDRESS, LOGIN_LIMIT_PER_NAME, LOGIN_WINDOW, Sessions,
@@ -93,6 +93,7 @@ def build_app(config=None):
     app.register_blueprint(insight.bp, url_prefix="/api/v1")
     app.register_blueprint(sweeps_api.bp, url_prefix="/api/v1")
     app.register_blueprint(results_api.bp, url_prefix="/api/v1")
+    app.register_blueprint(notify_api.bp, url_prefix="/api/v1")
     app.register_blueprint(views.bp)
     app.register_blueprint(sweep_pages.bp)
     web_errors.register(app, views.bootstrap)

@@ -13,10 +13,10 @@ import time
 from ..devices import open_inventory
 from ..executors import claim_orphans
 from ..executors.ray_inventory import make_inventory, watch_nodes
-from ..notify import Notifier
+from ..notify import Notifier, StorePreferences
 from ..paths import state_db
 from ..scheduler import Engine
-from ..store import Store
+from ..store import NotifyStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class Runtime:
                 if self.claim_orphans:  # the serving process reaps its tasks' orphans
                     claim_orphans(self.settings)
                 # Told of every engine event; sends from its own threads, never the engine's.
-                notifier = Notifier(self.settings, self.store).start()
+                notifier = Notifier(self.settings, self.store,
+                                    StorePreferences(NotifyStore(self.store))).start()
                 self.notifier = notifier
                 self._listeners = self._listeners + [notifier.publish]  # (the lock is held)
                 engine = Engine(self.settings, self.store, self.inventory, publish=self.publish)

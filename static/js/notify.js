@@ -5,6 +5,7 @@
 // click and keeps the choice in localStorage. Every page that is connected shows them; the
 // same notification from several open tabs is shown once (a shared tag).
 
+import { api, get, post } from "./api.js";
 import * as live from "./live.js";
 import { bootstrap, root } from "./util.js";
 
@@ -119,4 +120,53 @@ function initControls() {
   paint();
 }
 
+/** The account page's webhook / e-mail form (GET and PUT /account/notifications). */
+async function initAccountForm() {
+  const form = document.getElementById("account-notify");
+  if (!form) return;
+  const status = document.getElementById("notify-status");
+  const say = (text, kind) => {
+    status.textContent = text;
+    status.dataset.kind = kind || "";
+  };
+  const fill = (p) => {
+    form.querySelector("#notify-webhook").value = p.webhook;
+    const email = form.querySelector("#notify-email");
+    email.value = p.email;
+    email.disabled = !p.email_available && !p.email;
+    document.getElementById("notify-email-note").hidden = p.email_available;
+    for (const box of form.querySelectorAll('input[name="notify-event"]')) box.checked = p.events.includes(box.value);
+  };
+  try {
+    fill(await get("/account/notifications"));
+  } catch (e) {
+    say(e.message, "error");
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    say("saving…");
+    try {
+      fill(await api("PUT", "/account/notifications", { body: {
+        webhook: form.querySelector("#notify-webhook").value.trim(),
+        email: form.querySelector("#notify-email").value.trim(),
+        events: [...form.querySelectorAll('input[name="notify-event"]:checked')].map((b) => b.value),
+      } }));
+      say("Saved.", "ok");
+    } catch (e) {
+      say(e.message, "error");
+    }
+  });
+  document.getElementById("notify-test").addEventListener("click", async () => {
+    say("sending…");
+    try {
+      const out = await post("/account/notifications/test");
+      const parts = Object.entries(out).filter(([, r]) => r).map(([k, r]) => `${k}: ${r.detail}`);
+      say(parts.join(" · "), Object.values(out).every((r) => !r || r.ok) ? "ok" : "error");
+    } catch (e) {
+      say(e.message, "error");
+    }
+  });
+}
+
 initControls();
+initAccountForm();
