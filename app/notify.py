@@ -213,6 +213,8 @@ class Notifier:
         """Take an engine event without ever blocking; drop it (with a log line) when full."""
         if event not in ("task", "settled", "batch", "queue") or not self.active:
             return
+        if event == "task" and payload.get("state") not in FINAL_STATES:
+            return  # queued / running: nothing to tell (and a large submit sends many)
         try:
             self.events.put_nowait((event, payload))
         except queue.Full:

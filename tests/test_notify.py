@@ -218,7 +218,10 @@ def test_the_engine_listener_never_blocks_and_drops_when_full(tmp_path, caplog):
     # Not started: nothing drains the queue; publishing must still return at once.
     t0 = time.monotonic()
     for i in range(200):
-        n.publish("task", {"id": i, "batch_id": 1, "state": "queued"})
+        n.publish("task", {"id": i, "batch_id": 1, "state": "queued"})  # not told: ignored
+    assert n.events.qsize() == 0
+    for i in range(200):
+        n.publish("task", {"id": i, "batch_id": 1, "state": "succeeded"})
     assert time.monotonic() - t0 < 0.5
     assert n.events.qsize() == 50 and "queue full, dropped" in caplog.text
 
