@@ -5,7 +5,7 @@
 // click and keeps the choice in localStorage. Every page that is connected shows them; the
 // same notification from several open tabs is shown once (a shared tag).
 
-import { api, get, post } from "./api.js";
+import { get, post, request } from "./api.js";
 import * as live from "./live.js";
 import { bootstrap, root } from "./util.js";
 
@@ -146,7 +146,7 @@ async function initAccountForm() {
     event.preventDefault();
     say("saving…");
     try {
-      fill(await api("PUT", "/account/notifications", { body: {
+      fill(await request("PUT", "/account/notifications", { body: {
         webhook: form.querySelector("#notify-webhook").value.trim(),
         email: form.querySelector("#notify-email").value.trim(),
         events: [...form.querySelectorAll('input[name="notify-event"]:checked')].map((b) => b.value),
@@ -159,7 +159,7 @@ async function initAccountForm() {
   document.getElementById("notify-test").addEventListener("click", async () => {
     say("sending…");
     try {
-      const out = await post("/account/notifications/test");
+      const out = await post("/account/notifications/test", {});
       const parts = Object.entries(out).filter(([, r]) => r).map(([k, r]) => `${k}: ${r.detail}`);
       say(parts.join(" · "), Object.values(out).every((r) => !r || r.ok) ? "ok" : "error");
     } catch (e) {
