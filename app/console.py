@@ -87,6 +87,7 @@ class Printer:
         self.template = template
         self.overwrite = overwrite
         self.done = threading.Event()
+        self.changed = threading.Event()  # set on every end, on done and on a fault
         self.lock = threading.Lock()
         self.batch_id = None
         self.early = []
@@ -95,6 +96,8 @@ class Printer:
         self.counts = {}
         self.ids = set()
         self.shown = {}  # task id -> lines already printed ("start", "end"): events may repeat
+        self.fault = None  # why the queue paused itself, once it did (a local run)
+        self.skipped_at_submit = set()
 
     def expect(self, batch):
         """Follow ``batch`` (as submitted): print its skipped configs, replay early events."""
@@ -102,6 +105,7 @@ class Printer:
             self.batch_id = batch["id"]
             self.ids = {t["id"] for t in batch["tasks"]}
             skipped = [t for t in batch["tasks"] if t["state"] == SKIPPED]
+            self.skipped_at_submit = {t["id"] for t in skipped}
             self.total = len(batch["tasks"]) - len(skipped)
             self.counts[SKIPPED] = len(skipped)
             for t in skipped:
@@ -111,14 +115,22 @@ class Printer:
             self.__call__("task", t)
         self._check_done()
 
+    def running(self):
+        """Return how many of the batch's tasks started and have not ended."""
+        with self.lock:
+            return sum(1 for s in self.shown.values() if "start" in s and "end" not in s)
+
     def __call__(self, event, t):
+        if event == "queue":
+            self._on_queue(t)
+            return
         if event != "task":
             return
         with self.lock:
             if self.batch_id is None:
                 self.early.append(t)
                 return
-            if t["id"] not in self.ids or t["state"] == SKIPPED:
+            if t["id"] not in self.ids or t["id"] in self.skipped_at_submit:
                 return
             shown = self.shown.setdefault(t["id"], set())
             started = t["state"] == RUNNING or (t["state"] in FINAL_STATES and t.get("attempts"))
@@ -133,16 +145,34 @@ class Printer:
             cmd = display_command(self.template, t["config"], self.overwrite)
             if t["state"] == SUCCEEDED:
                 print(f"The process finished: {cmd} [{self.finished}/{self.total}]", flush=True)
+            elif t["state"] == SKIPPED:
+                # Completed meanwhile by another run of the same config (an overlapping batch).
+                print(f"Skip {t['config']}: {t.get('message') or 'results already complete'} "
+                      f"[{self.finished}/{self.total}]", flush=True)
             else:
                 why = t.get("message") or t["state"]
                 log = f" (log: .slotrun/runs/{t['id']}-{t['attempts']}/output.log)" if t["attempts"] else ""
                 print(f"The process {t['state']}: {cmd} [{self.finished}/{self.total}] - {why}{log}",
                       flush=True)
         self._check_done()
+        self.changed.set()
+
+    def _on_queue(self, q):
+        """A local run's queue paused itself for a fault: say why, and start nothing more."""
+        if not (q.get("paused") and q.get("auto")) or self.fault is not None:
+            return
+        self.fault = q.get("reason") or "a fault"
+        n = self.running()
+        print(f"The queue paused itself: {self.fault}", file=sys.stderr, flush=True)
+        if n:
+            print(f"No new task starts; waiting for the {n} running task(s) to end "
+                  "(Ctrl-C stops them).", flush=True)
+        self.changed.set()
 
     def _check_done(self):
         if self.batch_id is not None and self.finished >= self.total:
             self.done.set()
+            self.changed.set()
 
     def summary(self, interrupted):
         """Print the summary line; return the exit status of the run."""
@@ -160,4 +190,9 @@ class Printer:
         if interrupted:
             print("Run the same command again to resume: completed configs are skipped.")
             return EXIT_INTERRUPTED
-        return EXIT_OK if ok + skipped == self.total + skipped else EXIT_FAILED
+        complete = ok + skipped == self.total + len(self.skipped_at_submit)
+        if self.fault is not None and not complete:
+            print_error(f"stopped early: the queue paused itself ({self.fault}); fix that, "
+                        "then run the same command again to resume (completed configs are "
+                        "skipped)")
+        return EXIT_OK if complete else EXIT_FAILED

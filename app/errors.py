@@ -40,6 +40,12 @@ class Unauthorized(SlotrunError):
     status = 401
 
 
+class StoreUnavailable(SlotrunError):
+    """The state database cannot be written now (locked by another process, disk full, read-only)."""
+
+    status = 503
+
+
 class WorkspaceLocked(SlotrunError):
     """Another engine already runs on this workspace."""
 

@@ -1,8 +1,14 @@
 """Task log files: where they live and reading their tails without loading them whole."""
 
 import os
+import re
+import signal
 
 LOG_NAME = "output.log"
+
+# A line that says something went wrong ("error: ...", "ValueError: ...", "FATAL ...").
+_ERROR_LINE = re.compile(r"error|exception|fatal|traceback|abort|killed|out of memory|"
+                         r"no such file|not found|permission denied", re.IGNORECASE)
 
 
 def tail_bytes(path, max_lines=200, max_bytes=1 << 20):
@@ -48,6 +54,44 @@ def read_from(path, offset, max_bytes):
     return data, size, truncated
 
 
+def first_error_line(path, max_bytes=65536, width=300):
+    """Return the line of a log that says why its task failed, or None.
+
+    Read from the log's end (at most ``max_bytes``): a Python traceback gives its exception
+    line (``ValueError: ...``), otherwise the first line that mentions an error
+    (``error: configs/x.yaml is not valid YAML: ...``). Cut to ``width`` characters.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except OSError:
+        return None
+    lines = data.decode("utf-8", "replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # cut by the byte window
+    found = None
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            # The exception is the first unindented line after the frames.
+            for later in lines[i + 1:]:
+                if later.strip() and not later[0].isspace():
+                    found = later
+                    break
+            if found:
+                break
+        elif _ERROR_LINE.search(line):
+            found = line
+            break
+    if found is None:
+        return None
+    found = found.strip()
+    return found if len(found) <= width else found[:width - 1] + "…"
+
+
 LAST_LINE_BYTES = 4096  # bytes read from a log's end to find its last line
 LAST_LINE_CHARS = 300  # longest last line returned
 
@@ -67,4 +111,28 @@ def last_line(path, max_bytes=LAST_LINE_BYTES, max_chars=LAST_LINE_CHARS):
         line = line.strip()
         if line:
             return line[:max_chars]
+    return None
+
+
+def signal_of_exit(path, code):
+    """Return the signal that killed a task whose shell exited with ``code``, or None.
+
+    A shell reports a command killed by signal N as exit status 128+N, the same as a
+    command that exited with 128+N; but it also prints the signal's description as the last
+    line of the output (dash: ``Killed``; bash: ``line 1: 4242 Killed  command``), which a
+    command that exited by itself does not. That line is in the task's log.
+    """
+    if code is None or not 128 < code < 128 + 65:
+        return None
+    number = code - 128
+    try:
+        name = signal.strsignal(number)
+    except ValueError:
+        return None
+    line = last_line(path)
+    if not name or not line:
+        return None
+    if line == name or line.startswith(name + " (core dumped)") or re.search(
+            r"\b\d+ +" + re.escape(name) + r"\b", line):
+        return number
     return None

@@ -110,6 +110,30 @@ def _baseline():
     return resources.files("app").joinpath("schema-0.1.0.sql").read_text(encoding="utf-8")
 
 
+def _engine_records(conn):
+    """Batches: the idempotency key of the submit that made them, and the multi-run.py that
+    queued them (its leftovers are ended, not run, once it is gone); tasks: the bases their
+    config named when submitted (texts kept once each); the engine's own state (a paused
+    queue stays paused across restarts); an index to find a config's last run."""
+    add_column("batches", "idempotency_key TEXT")(conn)
+    add_column("batches", "headless TEXT")(conn)
+    add_column("tasks", "bases TEXT")(conn)
+    for sql in statements("""
+        CREATE UNIQUE INDEX IF NOT EXISTS batches_owner_key ON batches (owner, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS tasks_config ON tasks (config, state);
+        CREATE TABLE IF NOT EXISTS config_files (
+            hash TEXT PRIMARY KEY,      -- sha256 of the text: one copy however many tasks
+            text TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS engine_state (
+            key   TEXT PRIMARY KEY,     -- e.g. queue_paused
+            value TEXT NOT NULL
+        );
+    """):
+        conn.execute(sql)
+
+
 MIGRATIONS = [
     Migration(1, "the tables of slotrun 0.1.0", _baseline()),
     # 0.1.0 created a key/value table that nothing ever read; the version now lives in
@@ -142,6 +166,8 @@ MIGRATIONS = [
             updated_at REAL NOT NULL
         );
     """),
+    Migration(6, "submit keys, headless batches, config bases and the engine's own state",
+              _engine_records),
 ]
 
 LATEST = MIGRATIONS[-1].version

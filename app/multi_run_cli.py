@@ -15,7 +15,7 @@ from .paths import state_db
 from .remote import submit_remote
 from .scheduler import Engine, check_template
 from .store import Store
-from .task import CPU
+from .task import CPU, SKIPPED
 
 
 def _bool(text):
@@ -127,17 +127,27 @@ def _multi_run_local(args, settings):
     claim_orphans(settings)  # this process's children are its tasks: it reaps their orphans
     store = Store(state_db(ws))
     printer = Printer(settings["command"], args.overwrite)
+    # A headless run does not wait for a fault to go away: it stops starting tasks, lets the
+    # running ones end, and exits non-zero with the reason (see _follow).
     engine = Engine(settings, store, inventory, publish=printer, only_own_batches=True,
-                    limits=limits)
+                    limits=limits, auto_resume=False)
     engine.start()
     stop = install_signal_handlers()
     interrupted = False
     try:
         owner = getpass.getuser()
         batch = engine.submit(found, owner, use_gpu=args.gpu, overwrite=args.overwrite,
-                              pattern=args.key, command=settings["command"])
+                              pattern=args.key, command=settings["command"],
+                              headless=f"pid {os.getpid()} on {engine.node}")
         printer.expect(batch)
-        printer.done.wait()
+        mine = {t["config"] for t in batch["tasks"] if t["state"] != SKIPPED}
+        readopted = engine.call(lambda: {r.config: r.task_id for r in engine.running.values()
+                                         if r.batch_id != batch["id"]})
+        for config, task_id in sorted(readopted.items()):
+            if config in mine:
+                print(f"Wait for {config}: it still runs from an earlier run (task {task_id}); "
+                      "skipped if that run completes it", flush=True)
+        _follow(printer, engine)
     except Stop:
         interrupted = True
         print(f"Interrupted: stopping {len(engine.running)} running task(s)...", flush=True)
@@ -145,6 +155,21 @@ def _multi_run_local(args, settings):
     finally:
         stop()
         if not interrupted:
-            engine.stop(kill_tasks=False)
+            # After a fault, what is still queued is ended now (or by the next engine).
+            engine.stop(kill_tasks=printer.fault is not None,
+                        reason=printer.fault and f"not started: the queue paused itself "
+                                                 f"({printer.fault})")
         inventory.close()
     return printer.summary(interrupted)
+
+
+def _follow(printer, engine):
+    """Wait until every task of the batch ended, or the queue paused itself for a fault and
+    no process of the run is left (their ends may not be written down: the fault)."""
+    while True:
+        printer.changed.clear()
+        if printer.done.is_set() or (printer.fault is not None and not engine.running):
+            return
+        # After a fault an end may be announced only once it is written down: look again
+        # now and then instead of waiting for its event.
+        printer.changed.wait(None if printer.fault is None else 0.5)

@@ -7,6 +7,7 @@ the freed slot is refilled at once. Nothing here sleeps on a fixed period.
 
 import bisect
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -18,11 +19,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from . import configs as configs_mod
+from . import snapshots
 from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, family_of,
                         log_shows_oom)
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import ExecutorUnavailable, LaunchSpec
-from .logs import LOG_NAME
+from .logs import LOG_NAME, first_error_line, signal_of_exit
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
 from .selection import applies_to, plan_bulk
 from .settings import format_size, parse_size
@@ -32,6 +34,7 @@ from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED
 
 log = logging.getLogger(__name__)
 
+PAUSE_KEY = "queue_paused"  # meta key: JSON {"reason", "since"} while a user's pause holds
 PLACEHOLDERS = ("python", "config", "name", "results", "overwrite", "device_args", "gpu", "device",
                 "task_id", "batch_id")
 # Placeholders that stand for a list of arguments (possibly none), so each must be a whole
@@ -118,6 +121,7 @@ class Running:
     row: dict = None  # the task as last published (to publish its end without a query)
     memory: int = 0  # declared GPU memory need in bytes (0: none declared)
     family: str = ""  # experiment family, for its learned need
+    number: int = 1  # the attempt's number (1 for the first run)
 
 
 @dataclass
@@ -141,6 +145,33 @@ class Queued:
 
 
 @dataclass
+class Write:
+    """A durable write the engine owes the store, kept in order until it succeeds."""
+
+    apply: object  # callable doing the write; raises on failure (it is then retried)
+    what: str  # for the log and the pause reason: "record the end of task 5"
+    then: object = None  # callable run once the write succeeded
+    batch_id: int | None = None  # batches to announce as "settled" afterwards
+    config: str | None = None  # a config kept busy until the write is done
+    task_id: int | None = None  # the task it is about (kept out of the queue until done)
+
+
+@dataclass
+class Fault:
+    """A step of the loop that keeps failing."""
+
+    since: float  # monotonic time of the first failure
+    reason: str
+    count: int = 0
+    backoff: float = 0.05
+    retry_at: float = 0.0
+
+
+FAULT_BACKOFF_MAX = 5.0  # seconds between retries of a failing step, at most
+ADOPT_CHUNK = 2000  # tasks of a new batch taken into the queue per scheduler command
+
+
+@dataclass
 class BatchInfo:
     """What the engine keeps about a batch while it has active tasks."""
 
@@ -157,12 +188,12 @@ class Engine:
     """The scheduler of one workspace."""
 
     def __init__(self, settings, store, inventory, publish=None, executor=None,
-                 only_own_batches=False, limits=None):
+                 only_own_batches=False, limits=None, auto_resume=True):
         self.settings = settings
         self.workspace = settings["workspace"]
         self.store = store
         self.inventory = inventory
-        self.publish = publish or (lambda event, payload: None)
+        self._publish_to = publish or (lambda event, payload: None)
         self.only_own = only_own_batches
         self._q = queue.SimpleQueue()
         self._thread = None
@@ -170,6 +201,13 @@ class Engine:
         self._stopping = None
         self._stopped = threading.Event()
         self.paused = False
+        self.pause = None  # {"auto", "reason", "since"} while paused
+        self.auto_resume = auto_resume  # retry a fault-paused queue and resume once it works
+        self.fault_pause_after = float(settings.get("fault_pause_after", 10.0))
+        self._fault = None  # Fault while a step keeps failing
+        self._kick = True  # run a step at once (start-up, resume) without waiting for a command
+        self._writes = []  # Write records not yet done, oldest first
+        self.completed_by = {}  # config -> {"id", "batch_id"} of the task that last completed it
         if executor is None:
             from .executors import make_executor
 
@@ -179,6 +217,7 @@ class Engine:
         executor.on_unavailable = self._unavailable
         self.executor = executor
         self.queued = {}  # task id -> Queued
+        self._queued_configs = {}  # config -> how many of its tasks are queued
         self.queues = {}  # owner -> [Pending] sorted by order_key
         self.last_start = {}  # owner -> number of its latest start (round-robin between owners)
         self._starts = 0
@@ -211,7 +250,6 @@ class Engine:
         self.device_memory = {}  # device -> {"free", "reserved", "available"} at the last dispatch
         self._groups = {}  # process group -> Watched, for running GPU tasks
         self._gpu_queued = 0  # queued tasks that may run on a GPU: the monitor reads while > 0
-        self._unsettled = []  # ends published and slots refilled, not yet written down
         self.monitor = None
 
     # -- life cycle -----------------------------------------------------------------------
@@ -231,6 +269,7 @@ class Engine:
                     else self.settings["gpu_slots"]
                 self.limits[d] = stored.get(d, default)
             self.learned = self._load_learned()
+            self._load_pause()
             self._recover()
             if self.gpu_devices:
                 self.monitor = MemoryMonitor(self.inventory, lambda: self._groups,
@@ -252,19 +291,19 @@ class Engine:
             self.monitor.poke()
         return self
 
-    def stop(self, kill_tasks=False, timeout=None):
+    def stop(self, kill_tasks=False, timeout=None, reason=None):
         """Stop the engine.
 
         ``kill_tasks``: stop this engine's running tasks (they become interrupted) and
-        cancel its queued ones; otherwise tasks keep running and the next engine re-adopts
-        them. Returns once the scheduler thread has ended.
+        cancel its queued ones (``reason``: their message); otherwise tasks keep running and
+        the next engine re-adopts them. Returns once the scheduler thread has ended.
         """
         if self._thread is None:
             return
         if timeout is None:
             timeout = float(self.settings["kill_grace"]) + 10
         done = Future()
-        self._q.put(("stop", kill_tasks, done))
+        self._q.put(("stop", kill_tasks, done, reason))
         self._stopped.wait(timeout)
         self._thread.join(timeout=1)
         if self.monitor is not None:
@@ -288,6 +327,13 @@ class Engine:
 
     # -- commands (any thread) ---------------------------------------------------------------
 
+    def publish(self, event, payload):
+        """Hand an event to the listener; a listener that fails never stops the engine."""
+        try:
+            self._publish_to(event, payload)
+        except Exception:  # noqa: BLE001 - a broken listener must not fail a step
+            log.exception("publishing a %s event failed", event)
+
     def _call(self, fn, *args):
         fut = Future()
         if self._thread is None or self._stopping is not None:
@@ -301,8 +347,15 @@ class Engine:
         return self._call(fn, *args).result(timeout)
 
     def submit(self, configs, owner, use_gpu=True, devices=None, overwrite=False, command=None,
-               pattern="", priority=0, memory=0, max_retries=0):
-        """Queue a batch of configs; return {"id", "tasks"} once it is recorded."""
+               pattern="", priority=0, memory=0, max_retries=0, idempotency_key=None,
+               headless=None):
+        """Queue a batch of configs; return {"id", "tasks", "replayed"} once it is recorded.
+
+        ``idempotency_key``: a submit of the same owner with the same key returns the batch
+        the first one created (``replayed`` True) instead of creating another. ``headless``:
+        who queued it when that is a multi-run.py process (its queued tasks are ended, not
+        run by another engine, once that process is gone).
+        """
         command = command or self.settings["command"]
         check_template(command)
         devices = self.check_devices(use_gpu, devices)
@@ -313,8 +366,63 @@ class Engine:
                                f"not {len(configs)}")
         spec = dict(owner=owner, pattern=pattern, use_gpu=bool(use_gpu), devices=devices,
                     overwrite=bool(overwrite), command=command, priority=int(priority),
-                    memory=int(memory), max_retries=int(max_retries))
-        return self.call(self._submit, spec, list(configs))
+                    memory=int(memory), max_retries=int(max_retries),
+                    idempotency_key=idempotency_key, headless=headless)
+        if self._thread is None or self._stopping is not None:
+            raise Conflict("the engine is not running")
+        if idempotency_key is not None:
+            earlier = self.store.batch_by_key(owner, idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, spec)
+        # Reading and parsing the configs and writing the batch down happen here, in the
+        # caller's thread: the scheduler only takes the new tasks into its queue.
+        tasks = self._prepare(spec, list(configs))
+        spec["total"] = len(tasks)
+        batch_id, rows, created = self.store.create_batch(spec, tasks)
+        if not created:  # the same key won a race with this submit
+            return self._replay(self.store.get_batch(batch_id), spec)
+        # Handed over in parts, each taken once the one before was: the scheduler starts
+        # and records tasks in between, however large the batch.
+        for i in range(0, len(rows), ADOPT_CHUNK):
+            fut = self._call(self._adopt_batch, batch_id, spec, rows[i:i + ADOPT_CHUNK], i == 0)
+            try:
+                fut.result(timeout=30)
+            except Exception:  # noqa: BLE001 - recorded: this engine (or the next) queues it
+                log.warning("batch %s is recorded but not yet queued by the engine", batch_id)
+                break
+        return {"id": batch_id, "tasks": rows, "replayed": False}
+
+    def _replay(self, batch, spec):
+        """Return the batch an earlier submit with the same idempotency key created."""
+        same = ("pattern", "use_gpu", "overwrite", "command", "devices")
+        if any(batch[k] != spec[k] for k in same):
+            raise Conflict(f"idempotency key {spec['idempotency_key']!r} was used for batch "
+                           f"{batch['id']} with other fields; send a new key for a new batch")
+        return {"id": batch["id"], "tasks": self.store.batch_tasks(batch["id"]), "replayed": True}
+
+    def _prepare(self, spec, configs):
+        """Return the task records of a new batch (complete ones skipped, needs declared,
+        every base a config names kept with it)."""
+        tasks = []
+        bases = {}  # the bases read for this batch, shared by its configs
+        for config in configs:
+            done = configs_mod.completed_marker(self.workspace, config, self.settings)
+            try:
+                with open(os.path.join(self.workspace, config), encoding="utf-8",
+                          errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                text = None
+            if done and not spec["overwrite"]:
+                tasks.append(dict(config=config, config_text=text, state=SKIPPED,
+                                  devices=spec["devices"], memory=spec["memory"],
+                                  message=f"results already complete ({done})"))
+            else:
+                memory = spec["memory"] or (declared_memory(config, text) if spec["use_gpu"] else 0)
+                tasks.append(dict(config=config, config_text=text, state=QUEUED,
+                                  devices=spec["devices"], memory=memory,
+                                  bases=snapshots.collect(self.workspace, config, text, bases)))
+        return tasks
 
     def check_devices(self, use_gpu, devices):
         """Return the device ids a batch may use, or raise an error naming the valid ones."""
@@ -376,9 +484,21 @@ class Engine:
             raise SlotrunError(f"priority must be a whole number from -1000 to 1000, not {priority!r}")
         return self.call(self._set_priority, int(batch_id), priority)
 
-    def set_paused(self, paused):
-        """Pause or resume starting new tasks."""
-        return self.call(self._set_paused, bool(paused))
+    def set_paused(self, paused, who=None):
+        """Pause or resume starting new tasks (a pause is kept across restarts)."""
+        return self.call(self._set_paused, bool(paused), who)
+
+    def queue_state(self):
+        """Return {"paused", "auto", "reason", "since"}: whether and why the queue is paused.
+
+        ``auto`` is true when the engine paused the queue itself because a fault persisted
+        (``reason`` says which); it then resumes by itself once the fault is gone (a headless
+        run stops instead). A user's pause has ``auto`` false, no reason, and is kept across
+        restarts.
+        """
+        p = self.pause if self.paused else None
+        return {"paused": self.paused, "auto": bool(p and p["auto"]),
+                "reason": p["reason"] if p else None, "since": p["since"] if p else None}
 
     def refresh_devices(self):
         """Re-read the inventory: new devices appear (with their stored or default limit),
@@ -393,11 +513,15 @@ class Engine:
     # -- the thread ------------------------------------------------------------------------------
 
     def _loop(self):
-        backoff = 0.05
+        try:
+            self.store.set_busy_timeout(float(self.settings.get("store_busy_timeout", 5.0)))
+        except Exception:  # noqa: BLE001 - the default timeout then applies
+            log.exception("could not set the scheduler's database busy timeout")
         while True:
+            item = self._next_item()
             try:
-                item = self._q.get()
-                self._handle(item)
+                if item is not None:
+                    self._handle(item)
                 while True:
                     try:
                         item = self._q.get_nowait()
@@ -405,17 +529,91 @@ class Engine:
                         break
                     self._handle(item)
                 if self._stopping is not None:
-                    self._settle()
                     if self._finish_stop():
                         return
                     continue
-                self._dispatch()
-                self._settle()
-                backoff = 0.05
-            except Exception:  # noqa: BLE001 - the scheduler thread must never die silently
-                log.exception("scheduler step failed; retrying in %.2f s", backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5)
+                if self._fault is None or time.monotonic() >= self._fault.retry_at:
+                    self._step()  # while a fault lasts, not before its backoff is over
+            except Exception as e:  # noqa: BLE001 - the scheduler thread must never die silently
+                self._on_fault(e)
+
+    def _next_item(self):
+        """Wait for the next command or exit, but never while there is a step to run."""
+        timeout = self._wait_time()
+        try:
+            if timeout is None:
+                return self._q.get()
+            if timeout <= 0:
+                return self._q.get_nowait()
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _wait_time(self):
+        if self._kick:
+            return 0
+        if self._stopping is not None:
+            kill, since = self._stopping
+            return max(0.0, since + float(self.settings["kill_grace"]) + 5 - time.monotonic())
+        if self._fault is not None:
+            return max(0.0, self._fault.retry_at - time.monotonic())
+        if self._writes:
+            return 0
+        return None  # nothing to do until a command, an exit or a sample arrives
+
+    def _step(self):
+        """Run one unit of work: start what fits, then write down what is owed."""
+        self._kick = False
+        probe = self.paused and self.pause and self.pause["auto"] and self.auto_resume
+        started = self._dispatch(probe=probe)
+        if self._writes:
+            released = self._owed_configs()
+            self._flush_writes()
+            if any(c in self._queued_configs for c in released):
+                # A config waited for its last run's end to be written down: it may start now.
+                started += self._dispatch(probe=probe)
+        if self._fault is not None and (not probe or started or not self.queued):
+            self._fault_cleared()
+
+    def _on_fault(self, exc):
+        """Log a failed step, put it off (backing off), and pause the queue if it persists."""
+        now = time.monotonic()
+        reason = self._fault_reason(exc)
+        f = self._fault
+        if f is None:
+            f = self._fault = Fault(now, reason)
+            log.error("scheduler step failed: %s; retrying in %.2f s", reason, f.backoff,
+                      exc_info=not isinstance(exc, (OSError, SlotrunError)))
+        elif f.count in (2, 5) or f.count % 20 == 0 or reason != f.reason:
+            log.warning("scheduler step still failing (%d times over %.0f s): %s", f.count + 1,
+                        now - f.since, reason)
+        f.reason = reason
+        f.count += 1
+        f.retry_at = now + f.backoff
+        f.backoff = min(f.backoff * 2, FAULT_BACKOFF_MAX)
+        if not self.paused and f.count >= 3 and now - f.since >= self.fault_pause_after:
+            self._pause(True, auto=True, reason=reason)
+            log.error("queue paused: %s (failing for %.0f s); %s", reason, now - f.since,
+                      "it resumes by itself once this works again" if self.auto_resume
+                      else "resume it once the fault is fixed")
+
+    def _fault_cleared(self):
+        f, self._fault = self._fault, None
+        log.warning("scheduler step works again after %d failure(s) over %.0f s", f.count,
+                    time.monotonic() - f.since)
+        if self.paused and self.pause and self.pause["auto"] and self.auto_resume:
+            self._pause(False)
+            log.warning("queue resumed: the fault is gone (%s)", f.reason)
+
+    def _fault_reason(self, exc):
+        doing = getattr(exc, "slotrun_doing", None)
+        if isinstance(exc, SlotrunError):
+            text = exc.message
+        elif isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+        else:
+            text = f"{exc.__class__.__name__}: {exc}"
+        return f"{doing}: {text}" if doing else text
 
     def _handle(self, item):
         kind = item[0]
@@ -425,17 +623,21 @@ class Engine:
             _, fn, args, fut = item
             if not fut.set_running_or_notify_cancel():
                 return
-            self._settle()  # a command sees every ended task written down
+            if self._fault is None:
+                try:
+                    self._flush_writes()  # a command sees every ended task written down
+                except Exception as e:  # noqa: BLE001 - retried by the loop; the command goes on
+                    self._on_fault(e)
             try:
                 fut.set_result(fn(*args))
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
                 fut.set_exception(e)
         elif kind == "stop":
-            _, kill, done = item
+            _, kill, done, reason = item
             if self._stopping is None:
                 self._stopping = (kill, time.monotonic())
                 if kill:
-                    self._interrupt_own()
+                    self._interrupt_own(reason or "not started: the engine was stopped")
         elif kind == "memory":
             self._observe(item[1])
         elif kind == "unavailable":
@@ -448,6 +650,11 @@ class Engine:
             grace = float(self.settings["kill_grace"]) + 5
             if time.monotonic() - since < grace:
                 return False  # wait for the stopped tasks' exits (they wake this thread)
+        try:
+            self._flush_writes()
+        except Exception as e:  # noqa: BLE001 - the next engine reads ends from the exit files
+            log.error("stopping with %d record(s) not written (%s); the next engine recovers "
+                      "them from the run folders", len(self._writes), self._fault_reason(e))
         self._stopped.set()
         return True
 
@@ -461,16 +668,17 @@ class Engine:
 
     def _recover(self):
         for rec in self.store.running_attempts():
+            batch = self._note_batch(rec["batch_id"], own=False)
             handle, code = self.executor.adopt(rec)
             if handle is not None:
                 r = self.running[rec["task_id"]] = Running(
                     rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
                     rec["slot"], handle, rec["config"], rec["started_at"],
-                    memory=rec.get("memory") or 0, family=family_of(rec["config"]))
+                    memory=rec.get("memory") or 0, family=family_of(rec["config"]),
+                    number=rec.get("number") or 1)
                 if gpu_index(rec["device"]) is not None:
                     self._groups = {**self._groups, handle.pid: Watched(
                         rec["task_id"], rec["device"], time.monotonic())}
-                self._note_batch(rec["batch_id"], own=False)
                 log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
                 if rec.get("stop_reason"):  # a stop the last engine began: finish it
                     r.stop_reason = rec["stop_reason"]
@@ -478,23 +686,73 @@ class Engine:
                     left = rec["stop_requested_at"] + grace - time.time()
                     self.executor.stop(handle, max(0.0, min(grace, left)))
                 continue
-            if rec.get("stop_reason"):
+            run_dir = rec["run_dir"]
+            if code is None and not rec.get("pid") and not os.path.exists(
+                    os.path.join(run_dir, "pid")):
+                # The engine stopped between recording the start and starting the process:
+                # this attempt never ran, so it is undone rather than counted.
+                self._owe(Write(
+                    lambda rec=rec: self.store.unstart_attempt(rec["id"], rec["task_id"]),
+                    f"undo the unstarted attempt of task {rec['task_id']}",
+                    then=lambda tid=rec["task_id"]: self._requeued(tid), task_id=rec["task_id"]))
+                continue
+            if rec.get("stop_reason"):  # the stop the last engine began has ended it
                 state, message = _stopped_state(rec["stop_reason"])
-            elif code is None:
-                state, message = INTERRUPTED, "the engine stopped and the process was lost"
-            elif code == 0:
-                state, message = SUCCEEDED, None
             else:
-                state, message = FAILED, f"exit code {code}"
-            finished = _mtime(os.path.join(rec["run_dir"], "exit")) or time.time()
-            self.store.finish_attempt(rec["id"], rec["task_id"], state, code, message, finished)
-            if state == SUCCEEDED:
-                self._mark_done(rec["config"])
-        if self.only_own:
-            return  # a headless run starts only what it submits; other queued work waits
-        for t in self.store.queued_tasks():
-            self._note_batch(t["batch_id"], own=False)
-            self._enqueue(t)
+                state, message = self._outcome(code, run_dir)
+                if code is None:
+                    message = "the engine stopped and the process was lost"
+            requeue = None if rec.get("stop_reason") else \
+                self._retry_left(batch, rec.get("number") or 1, state)
+            if requeue:
+                message += f"; requeued (retry {rec.get('number') or 1} of {batch.max_retries})"
+            finished = _mtime(os.path.join(run_dir, "exit")) or time.time()
+            self._owe(self._end_write(rec["id"], rec["task_id"], rec["config"], rec["batch_id"],
+                                      state, code, message, finished, None, requeue))
+        orphans = self._end_orphaned_headless()
+        if not self.only_own:
+            # a headless run starts only what it submits; other queued work waits
+            for t in self.store.queued_tasks():
+                if t["id"] not in orphans:
+                    self._note_batch(t["batch_id"], own=False)
+                    self._enqueue(t)
+        try:
+            self._flush_writes()
+        except Exception as e:  # noqa: BLE001 - the loop retries them
+            self._on_fault(e)
+
+    def _end_orphaned_headless(self):
+        """End the queued tasks of multi-run.py runs that are gone; return their ids.
+
+        This engine holds the workspace's lock, so no multi-run.py of this workspace runs:
+        what one queued and did not start is never started by another engine.
+        """
+        by_batch = {}
+        for task_id, batch_id, who in self.store.headless_queued():
+            by_batch.setdefault((batch_id, who), []).append(task_id)
+        ended = set()
+        for (batch_id, who), ids in by_batch.items():
+            message = (f"not started: the multi-run.py that queued it ({who}) ended first; "
+                       "run that command again to resume")
+            self._owe(Write(lambda ids=ids, message=message: self.store.finish_queued(
+                ids, CANCELLED, message), f"end {len(ids)} task(s) left by {who}",
+                then=lambda ids=ids: [self._emit(t) for t in self.store.get_tasks(ids)],
+                batch_id=batch_id))
+            ended.update(ids)
+            log.info("batch %s: %d queued task(s) of a gone multi-run.py (%s) ended", batch_id,
+                     len(ids), who)
+        return ended
+
+    def _requeued(self, task_id):
+        """Take a task requeued in the store into the in-memory queue, and announce it."""
+        t = self.store.get_task(task_id)
+        if t["state"] != QUEUED:
+            return
+        info = self._note_batch(t["batch_id"], own=False)
+        if self.only_own and not info.own:
+            return  # a headless run starts only its own work
+        self._enqueue(t)
+        self._emit(t)
 
     def _note_batch(self, batch_id, own):
         info = self.batches.get(batch_id)
@@ -505,13 +763,52 @@ class Engine:
             self.batches[batch_id] = info
         return info
 
+    # -- durable writes ----------------------------------------------------------------------------
+
+    def _owe(self, write):
+        """Keep a write to do (in order, after the ones already owed)."""
+        self._writes.append(write)
+
+    def _flush_writes(self):
+        """Do the writes owed, oldest first; a failure keeps it and the rest for a retry."""
+        if not self._writes:
+            return
+        batches = set()
+        try:
+            while self._writes:
+                w = self._writes[0]
+                try:
+                    w.apply()
+                except Exception as e:
+                    e.slotrun_doing = f"could not {w.what}"
+                    raise
+                self._writes.pop(0)
+                if w.batch_id is not None:
+                    batches.add(w.batch_id)
+                if w.then is not None:
+                    w.then()
+        finally:
+            if batches:
+                # Readers that count from the store (batch progress) may recount now.
+                self.publish("settled", {"batches": sorted(batches)})
+
+    def _owed_configs(self):
+        return {w.config for w in self._writes if w.config}
+
     # -- queue bookkeeping -------------------------------------------------------------------------
 
     def _enqueue(self, t):
+        if t["id"] in self.queued:
+            self._dequeue(t["id"])
         p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"],
-                    family_of(t["config"]))
-        self.queued[p.id] = Queued(p, t["batch_id"], t["config"], t["attempts"])
+                    family_of(t["config"]), t["config"])
+        self._put(Queued(p, t["batch_id"], t["config"], t["attempts"]))
+
+    def _put(self, item):
+        p = item.pending
+        self.queued[p.id] = item
         self._count_queued(p.devices, 1)
+        self._queued_configs[item.config] = self._queued_configs.get(item.config, 0) + 1
         q = self.queues.setdefault(p.owner, [])
         if not q or order_key(p) > order_key(q[-1]):
             q.append(p)
@@ -523,6 +820,9 @@ class Engine:
         if item is None:
             return None
         self._count_queued(item.pending.devices, -1)
+        left = self._queued_configs.pop(item.config, 1) - 1
+        if left:
+            self._queued_configs[item.config] = left
         q = self.queues.get(item.pending.owner, [])
         i = bisect.bisect_left(q, order_key(item.pending), key=order_key)
         if i < len(q) and q[i].id == task_id:
@@ -541,11 +841,25 @@ class Engine:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    def _dispatch(self):
-        if self.paused or not self.queued:
+    def _dispatch(self, probe=False):
+        """Start what fits now; return how many started.
+
+        ``probe``: the queue paused itself for a fault: try one start to see if it is gone.
+        """
+        started = 0
+        while True:
+            placed, n = self._dispatch_round(probe)
+            started += n
+            if n == placed or probe:
+                return started
+            # A placement ended without a start (its config completed meanwhile: skipped),
+            # so its slot is still free: pick again.
+
+    def _dispatch_round(self, probe):
+        if (self.paused and not probe) or not self.queued:
             self.holds = {}
             self._publish_usage()  # an exit may have freed a slot with nothing left to start
-            return
+            return 0, 0
         running = {}
         by_owner = {}
         for r in self.running.values():
@@ -554,7 +868,17 @@ class Engine:
         states = {d: DeviceState(d, self._effective_limit(d), running.get(d, 0))
                   for d in self.devices}
         if self.gpu_devices and any(states[d].free_slots for d in self.gpu_devices if d in states):
-            self._gpu_states(states)
+            try:
+                self._gpu_states(states)
+            except Exception as e:  # noqa: BLE001 - the GPUs are set aside, not everything
+                # Reading every GPU failed (not one GPU's error: the inventory itself). No
+                # new task starts on a GPU until a reading works again (the memory monitor
+                # keeps reading while GPU work waits); CPU tasks go on.
+                why = f"reading the GPUs failed: {self._fault_reason(e)}"
+                self._note_faults({d: why for d in self.gpu_devices})
+                for d in self.gpu_devices:
+                    if d in states:
+                        states[d].blocked = f"{d} cannot be read: {why}"
         holds = {}
         placements = pick_from_queues(self.queues, states, by_owner, self.margin,
                                       any_gpu=tuple(self.gpu_devices), learned=self.learned,
@@ -562,15 +886,28 @@ class Engine:
                                                     if device_kind(d) == CPU),
                                       last_start=self.last_start,
                                       stagger_unknown=self.admission and self.stagger,
-                                      holds=holds)
+                                      holds=holds, busy=self._busy_configs())
         self.holds = holds
-        for placement in placements:
-            if placement.device not in self.devices:
-                continue  # taken out by a failed start just now: the task stays queued
-            self._starts += 1
-            self.last_start[placement.owner] = self._starts
-            self._start(placement.task_id, placement.device)
-        self._publish_usage()
+        if probe:
+            placements = placements[:1]
+        started = 0
+        try:
+            for placement in placements:
+                if placement.device not in self.devices:
+                    continue  # taken out by a failed start just now: the task stays queued
+                self._starts += 1
+                self.last_start[placement.owner] = self._starts
+                started += self._start(placement.task_id, placement.device)
+        finally:
+            self._publish_usage()
+        return len(placements), started
+
+    def _busy_configs(self):
+        """Return the configs that may not start now: running, or ended but not written down
+        (their done marker may not exist yet)."""
+        busy = {r.config for r in self.running.values()}
+        busy.update(self._owed_configs())
+        return busy
 
     def _gpu_states(self, states):
         """Fill in the GPUs' memory, reservations and blocks (no reading unless it is stale)."""
@@ -612,8 +949,29 @@ class Engine:
         return limit if cap is None else min(limit, cap)
 
     def _start(self, task_id, device):
+        """Start one queued task; return 1 if its process started, else 0.
+
+        A fault on the way (the store, the run folder, the executor) puts the task back in
+        the queue where it was and is raised to the loop, which backs off and retries.
+        """
         item = self._dequeue(task_id)
+        try:
+            return self._launch(item, device)
+        except BaseException:
+            if task_id not in self.running and not any(w.task_id == task_id
+                                                       for w in self._writes):
+                self._put(item)  # the task in hand goes back
+            raise
+
+    def _launch(self, item, device):
+        task_id = item.pending.id
         batch = self.batches[item.batch_id]
+        if not batch.overwrite:
+            # Decided now, not only at submit: an overlapping batch may have completed it.
+            marker = configs_mod.completed_marker(self.workspace, item.config, self.settings)
+            if marker:
+                self._skip(item, marker)
+                return 0
         used = {r.slot for r in self.running.values() if r.device == device}
         slot = next(i for i in range(len(used) + 1) if i not in used)
         number = item.attempts + 1
@@ -621,7 +979,11 @@ class Engine:
         config = item.config
         results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
                                               self.settings["results_dir"])
-        cfg_arg = self._config_as_submitted(task_id, config, run_dir)
+        try:
+            cfg_arg = self._config_as_submitted(task_id, config, run_dir)
+        except OSError as e:
+            e.slotrun_doing = f"could not prepare the run folder of task {task_id}"
+            raise
         idx = gpu_index(device)
         values = command_values(cfg_arg, batch.overwrite, idx, python=sys.executable,
                                 name=os.path.basename(config)[:-5], results=results,
@@ -633,15 +995,18 @@ class Engine:
             argv, error = [], f"command template cannot be filled: {e}"
         else:
             error = None
-        attempt_id = self.store.start_attempt(task_id, number, device, slot,
-                                              device.rsplit("/", 1)[0] if "/" in device else self.node,
-                                              run_dir, argv, now)
+        node = device.rsplit("/", 1)[0] if "/" in device else self.node
+        try:
+            attempt_id = self.store.start_attempt(task_id, number, device, slot, node, run_dir,
+                                                  argv, now)
+        except Exception as e:
+            e.slotrun_doing = f"could not record the start of task {task_id}"
+            raise
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                "CUDA_VISIBLE_DEVICES": "" if idx is None else str(idx),
                "SLOTRUN_TASK_ID": str(task_id), "SLOTRUN_ATTEMPT": str(number),
                "SLOTRUN_CONFIG": config, "SLOTRUN_RESULTS": os.path.join(self.workspace, results),
                "SLOTRUN_DEVICE": device, "PYTHONUNBUFFERED": "1"}
-        node = device.rsplit("/", 1)[0] if "/" in device else self.node
         spec = LaunchSpec(task_id, attempt_id, argv, self.workspace, run_dir, env, device, node)
         handle = None
         if error is None:
@@ -649,18 +1014,30 @@ class Engine:
                 handle = self.executor.start(spec)
             except ExecutorUnavailable as e:
                 self._start_unreachable(item, attempt_id, e)
-                return
-            except (OSError, SlotrunError) as e:
-                error = f"could not start the task: {e}"
+                return 0
+            except SlotrunError as e:
+                error = f"could not start the task: {e}"  # this task's own problem
+            except Exception as e:
+                # The machine's (a full disk, no processes left): undo the start, so the task
+                # is queued again as it was, and let the loop back off.
+                self._undo_start(item, attempt_id)
+                e.slotrun_doing = f"could not start task {task_id}"
+                raise
         if handle is None:
-            self.store.finish_attempt(attempt_id, task_id, FAILED, None, error, time.time())
-            self._emit_task(task_id)
-            return
-        self.store.set_attempt_process(attempt_id, handle.pid, handle.pid_start, handle.boot_id)
+            self._owe(self._end_write(attempt_id, task_id, config, item.batch_id, FAILED, None,
+                                      error, time.time(), None, None))
+            return 0
         p = item.pending
         r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id, p.owner, device,
                                             slot, handle, config, now, memory=p.memory,
-                                            family=p.family)
+                                            family=p.family, number=number)
+        record = Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
+                                                              handle.pid_start, handle.boot_id),
+                       f"record the process of task {task_id}")
+        try:
+            record.apply()
+        except Exception:  # noqa: BLE001 - it runs: owe the record, never lose the process
+            self._owe(record)
         if idx is not None:
             started = time.monotonic()
             self._groups = {**self._groups, handle.pid: Watched(task_id, device, started)}
@@ -669,6 +1046,31 @@ class Engine:
             if self.monitor is not None and len(self._groups) == 1:
                 self.monitor.poke()  # the first GPU task: start reading
         r.row = self._emit_task(task_id)
+        return 1
+
+    def _skip(self, item, marker):
+        """End a queued task whose config's results are complete by now."""
+        task_id = item.pending.id
+        by = self.completed_by.get(item.config)
+        if by is None:
+            by = self.store.last_success(item.config)
+        message = f"results already complete ({marker})"
+        if by is not None and by["id"] != task_id:
+            message += f", by task {by['id']} of batch {by['batch_id']}"
+        self._owe(Write(lambda: self.store.finish_queued([task_id], SKIPPED, message),
+                        f"record that task {task_id} was skipped",
+                        then=lambda: self._emit_task(task_id), batch_id=item.batch_id,
+                        task_id=task_id))
+
+    def _undo_start(self, item, attempt_id):
+        """Forget an attempt whose process could not start; the task is queued again."""
+        task_id = item.pending.id
+        try:
+            self.store.unstart_attempt(attempt_id, task_id)
+        except Exception:  # noqa: BLE001 - owed: the task waits out of the queue until done
+            self._owe(Write(lambda: self.store.unstart_attempt(attempt_id, task_id),
+                            f"undo the start of task {task_id}", then=lambda: self._put(item),
+                            task_id=task_id))
 
     # -- executor faults: a node that cannot be reached --------------------------------------
     # Not the task's fault: a start that could not reach its node is recorded as an
@@ -683,10 +1085,10 @@ class Engine:
     def _start_unreachable(self, item, attempt_id, exc):
         task_id = item.pending.id
         self._take_out(exc)
-        self.store.finish_attempt(attempt_id, task_id, INTERRUPTED, None,
-                                  f"{exc}; the task went back to the queue", time.time())
-        self._enqueue(self.store.requeue(task_id, front=True))
-        self._emit_task(task_id)
+        # The interrupted attempt and the requeue at the front: one durable step.
+        self._owe(self._end_write(attempt_id, task_id, item.config, item.batch_id, INTERRUPTED,
+                                  None, f"{exc}; the task went back to the queue", time.time(),
+                                  None, "front"))
 
     def _take_out(self, exc):
         """Remove an unreachable node's devices from placement (its limits are kept)."""
@@ -699,22 +1101,40 @@ class Engine:
             self._publish_usage(force=True)
 
     def _config_as_submitted(self, task_id, config, run_dir):
-        """Return the config path to run: the file itself, or a snapshot if it changed since."""
-        snapshot = self.store.config_snapshot(task_id)
-        if snapshot is None:
+        """Return the config path to run: the file itself, or, when it or a base it names
+        changed since the submit, a copy of them all as they were, in the run folder."""
+        text = self.store.config_snapshot(task_id)
+        if text is None:
+            return config  # not readable when submitted: run.py says what is wrong with it
+        files = {config: text, **self.store.config_bases(task_id)}
+        if snapshots.unchanged(self.workspace, files):
             return config
-        try:
-            with open(os.path.join(self.workspace, config), encoding="utf-8", errors="replace") as f:
-                current = f.read()
-        except OSError:
-            current = None
-        if current == snapshot:
-            return config
-        os.makedirs(run_dir, exist_ok=True)
-        path = os.path.join(run_dir, os.path.basename(config))
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(snapshot)
-        return os.path.relpath(path, self.workspace)
+        written = snapshots.write(run_dir, files)
+        return os.path.relpath(written[config], self.workspace)
+
+    # -- ends ---------------------------------------------------------------------------------------
+
+    def _outcome(self, code, run_dir):
+        """Return (state, message) of an attempt that ended with ``code`` (None: unknown)."""
+        if code is None:
+            return INTERRUPTED, "the process ended without recording an exit code"
+        if code == 0:
+            return SUCCEEDED, None
+        log_path = os.path.join(run_dir, LOG_NAME) if run_dir else None
+        signum = -code if code < 0 else signal_of_exit(log_path, code) if log_path else None
+        if signum:
+            # The shell's own notice ("Killed") is the log's last line: it says no more.
+            return FAILED, f"killed by signal {signum}{_signal_name(signum)}"
+        message = f"exit code {code}"
+        line = first_error_line(log_path) if log_path else None
+        return FAILED, f"{message}: {line}" if line else message
+
+    def _retry_left(self, batch, number, state):
+        """Return "back" when an interrupted attempt may be retried automatically, else None."""
+        if state == INTERRUPTED and batch is not None and batch.max_retries \
+                and number <= batch.max_retries:
+            return "back"
+        return None
 
     def _on_exit(self, handle, code):
         r = self.running.get(handle.task_id)
@@ -729,24 +1149,28 @@ class Engine:
         held = self.probation.get(r.device)
         if held and held.task_id == r.task_id:
             del self.probation[r.device]
+        exit_file = os.path.join(handle.run_dir, "exit") if handle.run_dir else None
+        # The end is when the process ended (the exit file's time), not when it was noticed.
+        now = min(time.time(), (_mtime(exit_file) if exit_file else None) or time.time())
         if r.stop_reason:
             state, message = _stopped_state(r.stop_reason)
         elif code is None:
             state, message = INTERRUPTED, handle.extra.get("lost_reason") or \
                 "the process ended without recording an exit code"
-        elif code == 0:
-            state, message = SUCCEEDED, None
         else:
-            state, message = FAILED, f"exit code {code}"
+            state, message = self._outcome(code, r.handle.run_dir)
         oom = (state == FAILED and gpu_index(r.device) is not None
                and log_shows_oom(os.path.join(r.handle.run_dir, LOG_NAME)))
-        requeue_front = False
+        requeue = None
         if oom:
             left = sum(1 for x in self.running.values() if x.device == r.device)
             self.oom_cap[r.device] = max(1, left)
-            earlier = any("out of memory" in (a.get("message") or "")
-                          for a in self.store.attempts(r.task_id) if a["id"] != r.attempt_id)
-            requeue_front = not earlier
+            try:
+                earlier = any("out of memory" in (a.get("message") or "")
+                              for a in self.store.attempts(r.task_id) if a["id"] != r.attempt_id)
+            except Exception:  # noqa: BLE001 - unreadable history: do not requeue again
+                earlier = True
+            requeue = None if earlier else "front"
             # Learn the need from the whole family: the task that failed may have died before
             # it held what it needed, its running siblings show more.
             seen = max([peak or 0] + [self.task_peak.get(x.task_id, 0)
@@ -755,7 +1179,7 @@ class Engine:
                 self.learned[r.family] = max(self.learned.get(r.family, 0), seen)
             learned = self.learned.get(r.family)
             message = (f"CUDA out of memory on {r.device}; "
-                       + ("requeued at the front" if requeue_front else "again: not requeued")
+                       + ("requeued at the front" if requeue else "again: not requeued")
                        + (f"; {r.family or 'its family'} now needs {format_size(learned)} as "
                           "learned" if learned else "")
                        + f"; {r.device} limited to {self.oom_cap[r.device]} task(s) until a task "
@@ -768,42 +1192,45 @@ class Engine:
         if state == SUCCEEDED and peak is not None:
             # Read at least once while it ran: its peak (0 included) is what its family needs.
             self.learned[r.family] = max(self.learned.get(r.family, 0), peak)
-        now = time.time()
         batch = self.batches.get(r.batch_id)
-        retry = state == INTERRUPTED and not r.stop_reason and batch and batch.max_retries
-        if r.row is not None and not requeue_front and not retry:
+        if not r.stop_reason and not requeue:
+            requeue = self._retry_left(batch, r.number, state)
+            if requeue:
+                message += f"; requeued (retry {r.number} of {batch.max_retries})"
+        if r.row is not None and not requeue:
             # The common case: publish the end now, refill the slot (the loop dispatches
-            # next), and write the end down right after (``_settle``): the file and database
-            # work stays off the path from one task's exit to the next one's start.
+            # next), and write the end down right after: the file and database work stays
+            # off the path from one task's exit to the next one's start.
             self._emit(dict(r.row, state=state, exit_code=code, message=message,
                             finished_at=now, duration=now - r.started_at))
-            self._unsettled.append((r, state, code, message, now, peak))
-            return
-        self._write_end(r, state, code, message, now, peak)
-        if requeue_front:
-            self._enqueue(self.store.requeue(r.task_id, front=True))
-        if retry:
-            t = self.store.get_task(r.task_id)
-            if t["attempts"] <= batch.max_retries:
-                self._enqueue(self.store.requeue(r.task_id))
-        self._emit_task(r.task_id)
+        self._owe(self._end_write(r.attempt_id, r.task_id, r.config, r.batch_id, state, code,
+                                  message, now, peak, requeue, publish=r.row is None or requeue))
 
-    def _write_end(self, r, state, code, message, when, peak):
-        self.store.finish_attempt(r.attempt_id, r.task_id, state, code, message, when, peak)
-        if state == SUCCEEDED:
-            self._mark_done(r.config)
+    def _end_write(self, attempt_id, task_id, config, batch_id, state, code, message, when, peak,
+                   requeue, publish=True):
+        """Return the Write of an attempt's end (with its automatic requeue, if any)."""
+        def apply():
+            if state == SUCCEEDED:
+                # The marker first: a crash after it re-reads the same end from the exit
+                # file, never re-runs the config.
+                self._mark_done(config)
+            self.store.finish_attempt(attempt_id, task_id, state, code, message, when, peak,
+                                      requeue=requeue)
+
+        def then():
+            if state == SUCCEEDED:
+                self.completed_by[config] = {"id": task_id, "batch_id": batch_id}
+            if requeue:
+                self._requeued(task_id)
+            elif publish:
+                self._emit_task(task_id)
+
+        return Write(apply, f"record the end of task {task_id}", then=then, batch_id=batch_id,
+                     config=config, task_id=task_id)
 
     def _settle(self):
         """Write down the ends already published (after the freed slots were refilled)."""
-        if not self._unsettled:
-            return
-        batches = set()
-        while self._unsettled:
-            end = self._unsettled.pop(0)
-            self._write_end(*end)
-            batches.add(end[0].batch_id)
-        # Readers that count from the store (batch progress) may recount now.
-        self.publish("settled", {"batches": sorted(batches)})
+        self._flush_writes()
 
     def _mark_done(self, config):
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(
@@ -817,40 +1244,25 @@ class Engine:
 
     # -- command bodies (scheduler thread) ----------------------------------------------------
 
-    def _submit(self, spec, configs):
-        tasks = []
-        for config in configs:
-            done = configs_mod.completed_marker(self.workspace, config, self.settings)
-            try:
-                with open(os.path.join(self.workspace, config), encoding="utf-8", errors="replace") as f:
-                    text = f.read()
-            except OSError:
-                text = None
-            if done and not spec["overwrite"]:
-                tasks.append(dict(config=config, config_text=text, state=SKIPPED,
-                                  devices=spec["devices"], memory=spec["memory"],
-                                  message=f"results already complete ({done})"))
-            else:
-                memory = spec["memory"] or (declared_memory(config, text) if spec["use_gpu"] else 0)
-                tasks.append(dict(config=config, config_text=text, state=QUEUED,
-                                  devices=spec["devices"], memory=memory))
-        batch_id, rows = self.store.create_batch(spec, tasks)
-        info = BatchInfo(batch_id, spec["command"], spec["use_gpu"], spec["overwrite"],
-                         spec["max_retries"], True)
-        self.batches[batch_id] = info
+    def _adopt_batch(self, batch_id, spec, rows, first=True):
+        """Take (part of) a batch recorded by ``submit`` into the queue, and announce it."""
+        if first:
+            self.batches[batch_id] = BatchInfo(batch_id, spec["command"], spec["use_gpu"],
+                                               spec["overwrite"], spec["max_retries"], True)
+            self.publish("batch", {"id": batch_id, "owner": spec["owner"],
+                                   "total": spec.get("total", len(rows))})
         for t in rows:
             if t["state"] == QUEUED:
                 self._enqueue(t)
-        self.publish("batch", {"id": batch_id, "owner": spec["owner"], "total": len(rows)})
         for t in rows:
             self._emit(t)
-        return {"id": batch_id, "tasks": rows}
+        return batch_id
 
     def _cancel_task(self, task_id):
         t = self.store.get_task(task_id)
         if task_id in self.queued:
-            self._dequeue(task_id)
             self.store.finish_queued([task_id], CANCELLED, "cancelled before it started")
+            self._dequeue(task_id)
         elif task_id in self.running:
             self._stop_running(self.running[task_id], "cancel")
         else:
@@ -861,14 +1273,15 @@ class Engine:
     def _cancel_batch(self, batch_id):
         self.store.get_batch(batch_id)
         queued = [tid for tid, q in self.queued.items() if q.batch_id == batch_id]
+        # Written down first: a store error leaves them queued, in memory as in the store.
+        self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
         for tid in queued:
             self._dequeue(tid)
-        self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
         running = [r for r in self.running.values() if r.batch_id == batch_id]
         for r in running:
             self._stop_running(r, "cancel")
-        for tid in queued:
-            self._emit_task(tid)
+        for t in self.store.get_tasks(queued):
+            self._emit(t)
         return {"cancelled": len(queued), "stopping": len(running)}
 
     def _bulk(self, action, selection, only_owner):
@@ -901,17 +1314,18 @@ class Engine:
                 log.exception("could not record the stop of task %s", r.task_id)
             self.executor.stop(r.handle, float(self.settings["kill_grace"]))
 
-    def _interrupt_own(self):
+    def _interrupt_own(self, message):
         own = {b for b, info in self.batches.items() if info.own}
         queued = [tid for tid, q in self.queued.items() if q.batch_id in own]
-        for tid in queued:
-            self._dequeue(tid)
-        self.store.finish_queued(queued, CANCELLED, "not started: the engine was stopped")
-        for tid in queued:
-            self._emit_task(tid)
         for r in list(self.running.values()):
             if r.batch_id in own:
                 self._stop_running(r, "interrupt")
+        for tid in queued:
+            self._dequeue(tid)
+        if queued:
+            self._owe(Write(lambda: self.store.finish_queued(queued, CANCELLED, message),
+                            f"record that {len(queued)} queued task(s) were not started",
+                            then=lambda: [self._emit_task(tid) for tid in queued]))
 
     def _retry(self, task_id):
         t = self.store.get_task(task_id)
@@ -1036,10 +1450,48 @@ class Engine:
                                "priority": priority})
         return batch
 
-    def _set_paused(self, paused):
-        self.paused = paused
-        self.publish("queue", {"paused": paused})
+    def _set_paused(self, paused, who=None):
+        if paused:
+            # A user's pause has no reason: a reason is what the engine says when it paused
+            # the queue itself (notifications tell users of those only).
+            self._pause(True, auto=False, by=who, persist=True)
+        else:
+            self._pause(False, persist=True)
+            if self._fault is not None:
+                # A user's resume tries again at once, and gives the fault a fresh period.
+                self._fault = Fault(time.monotonic(), self._fault.reason)
+            self._kick = True
         return paused
+
+    def _pause(self, paused, auto=False, reason=None, by=None, persist=False):
+        """Pause or resume, announce it (``queue`` event); a user's choice is stored."""
+        if persist:
+            # Stored first: a pause that cannot be stored is refused (StoreUnavailable).
+            value = json.dumps({"by": by, "since": time.time()}) if paused else None
+            self.store.set_state(PAUSE_KEY, value)
+        self.paused = paused
+        self.pause = {"auto": auto, "reason": reason, "by": by,
+                      "since": time.time()} if paused else None
+        self.publish("queue", self.queue_state())
+
+    @property
+    def pause_reason(self):
+        """Return why the engine paused the queue itself, or None (running, or a user's pause)."""
+        return self.pause["reason"] if self.paused and self.pause else None
+
+    def _load_pause(self):
+        value = self.store.get_state(PAUSE_KEY)
+        if not value:
+            return
+        try:
+            p = json.loads(value)
+        except ValueError:
+            p = {}
+        self.paused = True
+        self.pause = {"auto": False, "reason": None, "by": p.get("by"),
+                      "since": p.get("since") or time.time()}
+        log.info("the queue is paused%s: nothing new starts until it is resumed",
+                 f" (by {p['by']})" if p.get("by") else "")
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -1171,6 +1623,15 @@ def _stop_note(extra, stop_reason):
     if k:
         note += f" ({k} with SIGKILL after {grace:g} s)"
     return note
+
+
+def _signal_name(number):
+    try:
+        import signal
+
+        return f" ({signal.Signals(number).name})"
+    except ValueError:
+        return ""
 
 
 def _mtime(path):

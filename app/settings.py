@@ -94,6 +94,11 @@ SETTINGS = (
             "memory before it counts as settled.", float),
     Setting("memory_sample_interval", 0.5, "Seconds between GPU readings (free memory, memory "
             "per task, faults) while GPU tasks run or wait.", float),
+    Setting("fault_pause_after", 10.0, "Seconds a fault (the database, the run folders, NVML, an "
+            "executor) may keep the scheduler from starting or recording tasks before the queue "
+            "pauses itself with the reason; it resumes by itself once the fault is gone.", float),
+    Setting("store_busy_timeout", 5.0, "Seconds the scheduler's database writes wait for another "
+            "writer (a lock held elsewhere) before the step is retried later.", float),
     Setting("progress_pattern", r"step (\d+)/(\d+)",
             "Regex whose two groups (done, total) give a task's progress from its log."),
     Setting("max_sweep_configs", 1000, "Most configs one sweep may create (grid: the product of "

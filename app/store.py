@@ -5,6 +5,7 @@ SQLite in WAL mode; one connection per thread; every write is one transaction. O
 ``Store`` brings the database to the current schema version first (see app/migrations.py).
 """
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -12,7 +13,7 @@ import threading
 import time
 
 from . import migrations
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, StoreUnavailable
 from .task import FINAL_STATES, QUEUED, RUNNING, STATES
 
 TASK_COLUMNS = ("id, batch_id, owner, config, state, priority, seq, devices, memory, device, slot, "
@@ -109,7 +110,11 @@ class Store:
         return migrations.schema_version(self._conn())
 
     def _write(self):
-        return _Tx(self._conn())
+        return _Tx(self._conn(), self.path)
+
+    def set_busy_timeout(self, seconds):
+        """Set how long this thread's writes wait for another writer before they give up."""
+        self._conn().execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
     def close(self):
         """Close this thread's connection."""
@@ -118,38 +123,109 @@ class Store:
             conn.close()
             self._local.conn = None
 
+    # -- the engine's own state ---------------------------------------------------------
+
+    def get_state(self, key):
+        """Return a value the engine keeps across restarts (e.g. the queue's pause), or None."""
+        row = self._conn().execute("SELECT value FROM engine_state WHERE key=?",
+                                   (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key, value):
+        """Keep a value across restarts (None forgets it)."""
+        with self._write() as c:
+            if value is None:
+                c.execute("DELETE FROM engine_state WHERE key=?", (key,))
+            else:
+                c.execute("INSERT INTO engine_state(key, value) VALUES(?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
     # -- batches and tasks ----------------------------------------------------------------
 
     def create_batch(self, batch, tasks):
-        """Insert a batch and its tasks in one transaction; return (batch_id, task rows).
+        """Insert a batch and its tasks in one transaction; return (batch_id, task rows, created).
 
-        ``tasks``: dicts with config, config_text, state, devices, memory (and message).
+        ``batch`` may carry an ``idempotency_key`` (a batch of the same owner with that key
+        already there is returned instead, ``created`` False) and ``headless`` (who queued it:
+        a multi-run.py process). ``tasks``: dicts with config, config_text, state, devices,
+        memory (and message, and ``bases``: {workspace path: text} of the bases it names).
         """
         now = time.time()
-        with self._write() as c:
-            cur = c.execute(
-                "INSERT INTO batches(owner, pattern, use_gpu, devices, overwrite, command, "
-                "priority, memory, max_retries, total, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-                (batch["owner"], batch["pattern"], int(batch["use_gpu"]),
-                 json.dumps(batch["devices"]), int(batch["overwrite"]), batch["command"],
-                 int(batch.get("priority", 0)), int(batch.get("memory", 0)),
-                 int(batch.get("max_retries", 0)), len(tasks), now))
-            batch_id = cur.lastrowid
-            seq0 = c.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0] + 1
-            rows = [(batch_id, batch["owner"], t["config"], t.get("config_text"), t["state"],
-                     int(batch.get("priority", 0)), seq0 + i, json.dumps(t["devices"]),
-                     int(t.get("memory", 0)), now, now if t["state"] in FINAL_STATES else None,
-                     t.get("message"))
-                    for i, t in enumerate(tasks)]
-            c.executemany(
-                "INSERT INTO tasks(batch_id, owner, config, config_text, state, priority, seq, "
-                "devices, memory, queued_at, finished_at, message) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows)
-            first = c.execute("SELECT MIN(id) FROM tasks WHERE batch_id=?", (batch_id,)).fetchone()[0]
+        key = batch.get("idempotency_key")
+        priority = int(batch.get("priority", 0))
+        devices_json = {}  # one JSON text per distinct device list (usually one per batch)
+        files = {}  # hash -> text of every base named
+        bases_json = {}  # one JSON text per distinct set of bases
+        rows = []
+        for i, t in enumerate(tasks):
+            devices = tuple(t["devices"])
+            dj = devices_json.get(devices) or devices_json.setdefault(
+                devices, json.dumps(t["devices"]))
+            bj = None
+            if t.get("bases"):
+                ident = tuple(sorted(t["bases"].items()))
+                bj = bases_json.get(ident)
+                if bj is None:
+                    named = {}
+                    for path, text in ident:
+                        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+                        files[digest] = text
+                        named[path] = digest
+                    bj = bases_json[ident] = json.dumps(named, sort_keys=True)
+            rows.append((batch["owner"], t["config"], t.get("config_text"), t["state"], priority,
+                         i, dj, int(t.get("memory", 0)), now,
+                         now if t["state"] in FINAL_STATES else None, t.get("message"), bj))
+        # Everything is built before the transaction: the write lock is held for the inserts.
+        try:
+            with self._write() as c:
+                cur = c.execute(
+                    "INSERT INTO batches(owner, pattern, use_gpu, devices, overwrite, command, "
+                    "priority, memory, max_retries, total, created_at, idempotency_key, headless) "
+                    "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (batch["owner"], batch["pattern"], int(batch["use_gpu"]),
+                     json.dumps(batch["devices"]), int(batch["overwrite"]), batch["command"],
+                     priority, int(batch.get("memory", 0)), int(batch.get("max_retries", 0)),
+                     len(tasks), now, key, batch.get("headless")))
+                batch_id = cur.lastrowid
+                if files:
+                    c.executemany("INSERT OR IGNORE INTO config_files(hash, text) VALUES(?, ?)",
+                                  files.items())
+                seq0 = c.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0] + 1
+                c.executemany(
+                    "INSERT INTO tasks(batch_id, owner, config, config_text, state, priority, "
+                    "seq, devices, memory, queued_at, finished_at, message, bases) "
+                    "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    ((batch_id, *r[:5], seq0 + r[5], *r[6:]) for r in rows))
+                first = c.execute("SELECT MIN(id) FROM tasks WHERE batch_id=?",
+                                  (batch_id,)).fetchone()[0]
+        except sqlite3.IntegrityError:
+            existing = self.batch_by_key(batch["owner"], key) if key else None
+            if existing is None:
+                raise
+            return existing["id"], self.batch_tasks(existing["id"]), False
+        return batch_id, self.batch_tasks(batch_id, first), True
+
+    def batch_by_key(self, owner, key):
+        """Return the batch an owner submitted with an idempotency key, or None."""
+        row = self._conn().execute("SELECT * FROM batches WHERE owner=? AND idempotency_key=?",
+                                   (owner, key)).fetchone()
+        return _batch(row)
+
+    def batch_tasks(self, batch_id, first=None):
+        """Return every task of a batch, in id order."""
+        if first is None:
+            first = self._conn().execute("SELECT MIN(id) FROM tasks WHERE batch_id=?",
+                                         (batch_id,)).fetchone()[0]
         out = self._conn().execute(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE batch_id=? AND id>=? ORDER BY id",
             (batch_id, first or 0)).fetchall()
-        return batch_id, [_task(r) for r in out]
+        return [_task(r) for r in out]
+
+    def headless_queued(self):
+        """Return [(task id, batch id, who queued it)] of queued tasks of headless runs."""
+        return [(r[0], r[1], r[2]) for r in self._conn().execute(
+            "SELECT t.id, t.batch_id, b.headless FROM tasks t JOIN batches b ON b.id=t.batch_id "
+            "WHERE t.state=? AND b.headless IS NOT NULL ORDER BY t.id", (QUEUED,))]
 
     def get_batch(self, batch_id):
         """Return one batch with its counts per state, or raise NotFound."""
@@ -207,6 +283,17 @@ class Store:
         if row is None:
             raise NotFound(f"task {task_id} not found")
         return _task(row)
+
+    def get_tasks(self, task_ids):
+        """Return the tasks with these ids (in id order; unknown ids are left out)."""
+        out = []
+        ids = list(task_ids)
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out += [_task(r) for r in self._conn().execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks}) ORDER BY id", part)]
+        return out
 
     def list_tasks(self, batch_id=None, state=None, limit=50, offset=0, newest_first=True,
                    sort="id", order=None, owner=None, search=None):
@@ -295,12 +382,32 @@ class Store:
         return [_task(r) for r in self._conn().execute(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE state=? ORDER BY seq", (QUEUED,))]
 
+    def last_success(self, config):
+        """Return {"id", "batch_id"} of the task that last succeeded with a config, or None."""
+        row = self._conn().execute(
+            "SELECT id, batch_id FROM tasks WHERE config=? AND state='succeeded' "
+            "ORDER BY finished_at DESC LIMIT 1", (config,)).fetchone()
+        return dict(row) if row else None
+
     def config_snapshot(self, task_id):
         """Return the YAML text a task was submitted with."""
         row = self._conn().execute("SELECT config_text FROM tasks WHERE id=?", (task_id,)).fetchone()
         if row is None:
             raise NotFound(f"task {task_id} not found")
         return row[0]
+
+    def config_bases(self, task_id):
+        """Return {workspace path: text} of the bases a task's config named when submitted."""
+        row = self._conn().execute("SELECT bases FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        if not row[0]:
+            return {}
+        named = json.loads(row[0])
+        marks = ",".join("?" * len(named))
+        texts = dict(self._conn().execute(
+            f"SELECT hash, text FROM config_files WHERE hash IN ({marks})", list(named.values())))
+        return {path: texts[h] for path, h in named.items() if h in texts}
 
     def start_attempt(self, task_id, number, device, slot, node, run_dir, argv, started_at):
         """Mark a task running and record its new attempt (before its process starts)."""
@@ -327,14 +434,34 @@ class Store:
                       "WHERE id=? AND stop_requested_at IS NULL", (when, reason, attempt_id))
 
     def finish_attempt(self, attempt_id, task_id, state, exit_code, message, finished_at,
-                       peak_memory=None):
-        """Record how an attempt ended and move its task to that state."""
+                       peak_memory=None, requeue=None):
+        """Record how an attempt ended and move its task to that state, in one transaction.
+
+        ``requeue`` ("front" or "back") puts the task back in the queue in the same
+        transaction (an automatic retry), so the end and the retry are one durable step.
+        Returns the task's row when it was requeued, else None.
+        """
         with self._write() as c:
             c.execute("UPDATE attempts SET state=?, exit_code=?, message=?, finished_at=?, "
                       "peak_memory=COALESCE(?, peak_memory) WHERE id=?",
                       (state, exit_code, message, finished_at, peak_memory, attempt_id))
             c.execute("UPDATE tasks SET state=?, exit_code=?, message=?, finished_at=? WHERE id=?",
                       (state, exit_code, message, finished_at, task_id))
+            if requeue:
+                self._requeue(c, task_id, requeue == "front", message)
+        return self.get_task(task_id) if requeue else None
+
+    def unstart_attempt(self, attempt_id, task_id):
+        """Undo an attempt whose process never started: forget it; the task is queued again
+        in its old place."""
+        with self._write() as c:
+            gone = c.execute("DELETE FROM attempts WHERE id=? AND state=?",
+                             (attempt_id, RUNNING)).rowcount
+            if gone:
+                c.execute("UPDATE tasks SET state=?, device=NULL, slot=NULL, "
+                          "attempts=attempts-1, started_at=NULL, finished_at=NULL, "
+                          "exit_code=NULL, message=NULL WHERE id=? AND state=?",
+                          (QUEUED, task_id, RUNNING))
 
     def finish_queued(self, task_ids, state, message=None):
         """Move queued tasks straight to a final state (cancelled before they started)."""
@@ -346,13 +473,7 @@ class Store:
     def requeue(self, task_id, front=False):
         """Put a finished task back in the queue (at the end, or the front); return its row."""
         with self._write() as c:
-            if front:
-                seq = c.execute("SELECT COALESCE(MIN(seq), 0) - 1 FROM tasks").fetchone()[0]
-            else:
-                seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks").fetchone()[0]
-            c.execute("UPDATE tasks SET state=?, seq=?, queued_at=?, device=NULL, slot=NULL, "
-                      "started_at=NULL, finished_at=NULL, exit_code=NULL, message=NULL WHERE id=?",
-                      (QUEUED, seq, time.time(), task_id))
+            self._requeue(c, task_id, front)
         return self.get_task(task_id)
 
     def requeue_many(self, task_ids):
@@ -368,6 +489,17 @@ class Store:
                           "started_at=NULL, finished_at=NULL, exit_code=NULL, message=NULL "
                           "WHERE id=?", [(QUEUED, seq + i + 1, now, t) for i, t in enumerate(ids)])
         return self.get_tasks(ids)
+
+    @staticmethod
+    def _requeue(c, task_id, front, message=None):
+        if front:
+            seq = c.execute("SELECT COALESCE(MIN(seq), 0) - 1 FROM tasks").fetchone()[0]
+        else:
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks").fetchone()[0]
+        # The last attempt's message stays visible ("requeued: ...") until the next start.
+        c.execute("UPDATE tasks SET state=?, seq=?, queued_at=?, device=NULL, slot=NULL, "
+                  "started_at=NULL, finished_at=NULL, exit_code=NULL, message=? WHERE id=?",
+                  (QUEUED, seq, time.time(), message, task_id))
 
     def set_batch_priority(self, batch_id, priority):
         """Change a batch's priority and that of its tasks."""
@@ -644,18 +776,45 @@ def _prefs(row):
 
 
 class _Tx:
-    """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error)."""
+    """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error).
 
-    def __init__(self, conn):
+    A database that cannot be written now (locked by another process past the busy
+    timeout, disk full, read-only, I/O error) raises StoreUnavailable naming the file.
+    """
+
+    def __init__(self, conn, path):
         self.conn = conn
+        self.path = path
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise self._unavailable(e) from None
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                self._rollback()
+                raise self._unavailable(e) from None
+            return False
+        self._rollback()
+        if isinstance(exc, sqlite3.OperationalError):
+            raise self._unavailable(exc) from None
         return False
+
+    def _rollback(self):
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _unavailable(self, e):
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            text = f"{text} (another process holds a write lock on it)"
+        return StoreUnavailable(f"the state database {self.path} cannot be written: {text}")

@@ -40,6 +40,7 @@ class Pending:
     seq: int = 0  # submission order; lower first
     memory: int = 0  # declared device memory need in bytes (0: not declared)
     family: str = ""  # experiment family (config folder), for learned memory needs
+    config: str = ""  # the config it runs: one run of a config at a time per workspace
 
 
 @dataclass
@@ -113,7 +114,7 @@ def pick_next(pending, devices, running_by_owner=None, memory_margin=0, **option
 
 def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
                      learned=None, any_cpu=None, last_start=None, stagger_unknown=False,
-                     holds=None):
+                     holds=None, busy=frozenset()):
     """Choose which queued tasks start now, and where.
 
     ``queues``: {owner: [Pending, ...] sorted by ``order_key``}, not mutated.
@@ -134,6 +135,9 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     of a cluster; ``any_cpu``). ``last_start`` ({owner: n}, larger is more recent) breaks
     ties between owners with as many running: the owner served least recently goes first,
     so that even a single slot alternates between owners.
+    ``busy``: configs that are running now; a task of one of them waits (keeping its place),
+    and each placement makes its config busy for the rest of the call, so one config never
+    runs twice at once.
     """
     learned = learned or {}
     if any_gpu is None:
@@ -155,6 +159,7 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     # once fits nowhere for the rest of it, so a long queue of like tasks is scanned cheaply.
     unfit = set()
     seen = {} if holds is not None else None
+    busy = set(busy)
     placements = []
 
     def fits(dev, need):
@@ -170,7 +175,7 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
         chosen = None
         for idx in range(cursor[owner], len(q)):
             p = q[idx]
-            if p.id in taken:
+            if p.id in taken or (p.config and p.config in busy):
                 continue
             need = need_of(p, learned)
             sig = (p.devices, need)
@@ -192,6 +197,8 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
             continue
         p, need, dev = chosen
         taken.add(p.id)
+        if p.config:
+            busy.add(p.config)
         while cursor[owner] < len(q) and q[cursor[owner]].id in taken:
             cursor[owner] += 1
         if cursor[owner] >= len(q):

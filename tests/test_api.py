@@ -200,6 +200,7 @@ def test_cpu_batch_skips_complete_results_unless_overwrite(client):
     ({"pattern": "exp(", "use_gpu": True}, "invalid regular expression"),
     ({"pattern": "x" * 501}, "at most 500"),
     ({"pattern": "exp", "gpu": True}, "valid fields: pattern, use_gpu, devices, overwrite"),
+    ({"pattern": "exp", "idempotency_key": 5}, "idempotency_key must be a string or null"),
     ({"pattern": "exp", "use_gpu": "yes"}, "use_gpu must be true or false"),
     ({"pattern": "exp", "overwrite": 1}, "overwrite must be true or false"),
     ({"pattern": "exp", "devices": "gpu1"}, "devices must be a list"),
@@ -222,6 +223,33 @@ def test_cpu_batch_skips_complete_results_unless_overwrite(client):
 def test_batch_bad_input(client, body, fragment):
     assert fragment in error_of(client.post("/api/v1/batches", json=body), 400)
     assert client.get("/api/v1/batches").json["total"] == 0
+
+
+def test_idempotency_key_makes_a_retried_submit_return_the_same_batch(client):
+    body = {"pattern": "exp-1", "use_gpu": False}
+    first = client.post("/api/v1/batches", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 201 and first.json["replayed"] is False
+    again = client.post("/api/v1/batches", json=body, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 200 and again.json["replayed"] is True
+    assert again.json["id"] == first.json["id"]
+    assert [t["id"] for t in again.json["tasks"]] == [t["id"] for t in first.json["tasks"]]
+    # The key may come as a field too; another key is another batch.
+    field = client.post("/api/v1/batches", json={**body, "idempotency_key": "k-1"})
+    assert field.status_code == 200 and field.json["id"] == first.json["id"]
+    other = client.post("/api/v1/batches", json=body, headers={"Idempotency-Key": "k-2"})
+    assert other.status_code == 201 and other.json["id"] != first.json["id"]
+    assert client.get("/api/v1/batches").json["total"] == 2
+    # The same key for a different batch is refused, and creates nothing.
+    r = client.post("/api/v1/batches", json={"pattern": "exp-2", "use_gpu": False},
+                    headers={"Idempotency-Key": "k-1"})
+    assert "was used for batch" in error_of(r, 409)
+    for bad in ("", "x" * 201, "tab\there"):
+        r = client.post("/api/v1/batches", json={**body, "idempotency_key": bad})
+        assert "1 to 200 printable characters" in error_of(r, 400)
+    r = client.post("/api/v1/batches", json={**body, "idempotency_key": "a"},
+                    headers={"Idempotency-Key": "b"})
+    assert "differ" in error_of(r, 400)
+    assert client.get("/api/v1/batches").json["total"] == 2
 
 
 def test_batch_gpu_without_gpus_is_refused(make_app):

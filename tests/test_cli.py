@@ -172,7 +172,8 @@ def test_failure_malformed_yaml_and_odd_names(workspace):
     assert r.returncode == 1
     assert r.stdout.splitlines()[-1] == "Summary: 2 succeeded, 1 failed, 0 skipped"
     assert "The process failed: python run.py -c configs/odd/broken.yaml" in r.stdout
-    assert "exit code 2" in r.stdout
+    # The message says why: the exit code and the log's first error line.
+    assert "- exit code 2: error: configs/odd/broken.yaml is not valid YAML" in r.stdout
     assert not os.path.exists(os.path.join(workspace, "pwned"))
     assert os.path.isdir(os.path.join(workspace, "configs", "exp-1"))  # nothing was removed
     with open(os.path.join(workspace, "results", "odd", odd[:-5], "area.txt")) as f:

@@ -284,8 +284,7 @@ def test_priority_reorders_one_owners_queue(workspace):
 def test_work_queued_before_a_restart_starts_without_a_command(workspace):
     """CPU mode (no memory sampler to wake the loop): the restarted engine starts the queue
     on its own, not at the first command that happens to arrive."""
-    eng, store = make_engine(workspace)
-    eng.set_paused(True)  # the pause lives in memory: the next engine starts unpaused
+    eng, store = make_engine(workspace, cpu_slots=0)  # nothing starts in this engine
     b = eng.submit(["configs/exp-1/exp-1-1.yaml", "configs/exp-1/exp-1-2.yaml"], "ann",
                    use_gpu=False)
     eng.stop()
@@ -295,5 +294,22 @@ def test_work_queued_before_a_restart_starts_without_a_command(workspace):
     try:
         wait_for(lambda: done(store, ids), timeout=20)
         assert [store.get_task(i)["state"] for i in ids] == ["succeeded", "succeeded"]
+    finally:
+        eng.stop()
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("import os; os.kill(os.getpid(), 9)", "killed by signal 9 (SIGKILL)"),
+    ("import sys; sys.exit(137)", "exit code 137"),
+    ("import os; os.kill(os.getpid(), 11)", "killed by signal 11 (SIGSEGV)"),
+    ("raise ValueError('the mesh is empty')", "exit code 1: ValueError: the mesh is empty"),
+])
+def test_message_says_why_a_task_ended(workspace, code, expected):
+    eng, store = make_engine(workspace, cpu_slots=1, command=f'{{python}} -c "{code}"')
+    try:
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml"], "ann", use_gpu=False)
+        tid = b["tasks"][0]["id"]
+        wait_for(lambda: store.get_task(tid)["state"] == "failed", timeout=10)
+        assert store.get_task(tid)["message"] == expected
     finally:
         eng.stop()

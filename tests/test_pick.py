@@ -328,3 +328,78 @@ def test_whole_run_with_memory_never_overcommits_and_refills_at_once(limits_list
         now, t = heapq.heappop(events)
         del running[t]
     assert not running
+
+
+# -- one run of a config at a time -----------------------------------------------------------
+
+def test_a_busy_config_waits_and_keeps_its_place():
+    pending = [Pending(1, "ann", ("cpu",), seq=1, config="c/a.yaml"),
+               Pending(2, "ann", ("cpu",), seq=2, config="c/b.yaml"),
+               Pending(3, "bob", ("cpu",), seq=3, config="c/a.yaml")]
+    out = pick_next(pending, devs({"cpu": 3}), busy={"c/a.yaml"})
+    assert [p.task_id for p in out] == [2]
+    # Two queued tasks of one config: only the first starts, even with slots to spare.
+    out = pick_next(pending, devs({"cpu": 3}))
+    assert sorted(p.task_id for p in out) == [1, 2]
+
+
+config_task_st = st.tuples(st.sampled_from(["ann", "bob", "cy"]),
+                           st.lists(st.sampled_from(DEVICE_IDS), min_size=1, max_size=4,
+                                    unique=True),
+                           st.sampled_from(["c/1.yaml", "c/2.yaml", "c/3.yaml", "c/4.yaml"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits_st, st.lists(config_task_st, max_size=30),
+       st.sets(st.sampled_from(["c/1.yaml", "c/2.yaml", "c/3.yaml", "c/4.yaml"])))
+def test_pick_never_starts_a_busy_config_nor_one_twice(limits, tasks, busy):
+    pending = [Pending(i, o, tuple(ds), 0, i, config=c) for i, (o, ds, c) in enumerate(tasks)]
+    out = pick_next(pending, devs(limits), busy=frozenset(busy))
+    by_id = {p.id: p for p in pending}
+    configs = [by_id[pl.task_id].config for pl in out]
+    assert len(configs) == len(set(configs)), "one config placed twice"
+    assert not set(configs) & busy, "a running config placed again"
+    used = {d: 0 for d in DEVICE_IDS}
+    for pl in out:
+        used[pl.device] += 1
+    blocked = busy | set(configs)
+    for p in pending:
+        if p.id not in {pl.task_id for pl in out} and p.config not in blocked:
+            assert all(used[d] >= limits[d] for d in p.devices), "a runnable task was left waiting"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=4).filter(any),
+       st.lists(st.tuples(st.floats(0.01, 5.0), st.sampled_from(["ann", "bob"]),
+                          st.integers(0, 5)), min_size=1, max_size=40))
+def test_whole_simulated_run_never_runs_one_config_twice_at_once(limits_list, tasks):
+    """Overlapping batches (one config queued several times, by several owners): every task
+    runs, limits hold, and no two running tasks ever share a config."""
+    limits = {f"gpu{i}": n for i, n in enumerate(limits_list)}
+    pending = {i: Pending(i, o, ("gpu*",), 0, i, config=f"c/{c}.yaml")
+               for i, (_, o, c) in enumerate(tasks)}
+    duration = {i: d for i, (d, _, _) in enumerate(tasks)}
+    running = {}  # task -> device
+    events = []
+    now = 0.0
+    started = []
+    while pending or running:
+        counts = {d: 0 for d in limits}
+        for d in running.values():
+            counts[d] += 1
+        busy = frozenset(f"c/{tasks[t][2]}.yaml" for t in running)
+        out = pick_next(list(pending.values()), devs(limits, counts), busy=busy)
+        for pl in out:
+            del pending[pl.task_id]
+            running[pl.task_id] = pl.device
+            counts[pl.device] += 1
+            started.append(pl.task_id)
+            heapq.heappush(events, (now + duration[pl.task_id], pl.task_id))
+        live = [tasks[t][2] for t in running]
+        assert len(live) == len(set(live)), "one config running twice at once"
+        for d in limits:
+            assert counts[d] <= limits[d]
+        assert events, "tasks wait but nothing runs"
+        now, t = heapq.heappop(events)
+        del running[t]
+    assert sorted(started) == list(range(len(tasks)))

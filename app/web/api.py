@@ -258,9 +258,10 @@ def status():
     summary = queue_payload(s)
     inv = s.runtime.inventory
     user = current_user()
+    queue = engine.queue_state()
     return jsonify(
         counts=summary["counts"], total=summary["total"], batches=s.store.count_batches(),
-        paused=engine.paused, slots=summary["slots"], user=user["name"], role=user["role"],
+        paused=engine.paused, queue=engine.queue_state(), slots=summary["slots"], user=user["name"], role=user["role"],
         auth=s.auth, server_time=time.time(),
         engine={
             "running": s.runtime.engine is not None, "pid": os.getpid(),
@@ -278,7 +279,7 @@ def queue_pause():
     """Stop starting new tasks (running ones go on)."""
     authorize("queue.pause")
     _json_body(required=False)
-    return jsonify(paused=get_slotrun().engine.set_paused(True))
+    return jsonify(paused=get_slotrun().engine.set_paused(True, current_user()["name"]))
 
 
 @bp.post("/queue/resume")
@@ -350,7 +351,24 @@ BATCH_FIELDS = {
     "priority": (int, 0),
     "memory": ((int, str), 0),
     "max_retries": (int, 0),
+    "idempotency_key": ((str, type(None)), None),
 }
+MAX_KEY_LENGTH = 200
+
+
+def _idempotency_key(field):
+    """Return the submit's idempotency key (header or field), or None; raise if malformed."""
+    header = request.headers.get("Idempotency-Key")
+    if header is not None and field is not None and header != field:
+        raise SlotrunError("the Idempotency-Key header and the idempotency_key field differ; "
+                           "send one of them")
+    key = header if header is not None else field
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise SlotrunError(f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable characters, "
+                           "e.g. a UUID")
+    return key
 
 
 def batch_options(body):
@@ -371,16 +389,19 @@ def batch_options(body):
     get_slotrun().engine.check_devices(body["use_gpu"], devices)
     return dict(use_gpu=body["use_gpu"], devices=devices, overwrite=body["overwrite"],
                 command=body["command"], priority=body["priority"], memory=memory,
-                max_retries=body["max_retries"])
+                max_retries=body["max_retries"],
+                idempotency_key=_idempotency_key(body.get("idempotency_key")))
 
 
 def batch_answer(batch):
-    """Return the 201 answer to a new batch: id, total, counts per state and its tasks."""
+    """Return the answer to a submit: id, total, counts per state, its tasks, and whether it
+    is the batch an earlier submit with the same idempotency key created (``replayed``)."""
     tasks = [{"id": t["id"], "config": t["config"], "state": t["state"]} for t in batch["tasks"]]
     counts = {}
     for t in tasks:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
-    return {"id": batch["id"], "total": len(tasks), "counts": counts, "tasks": tasks}
+    return {"id": batch["id"], "total": len(tasks), "counts": counts, "tasks": tasks,
+            "replayed": bool(batch.get("replayed"))}
 
 
 @bp.post("/batches")
@@ -397,7 +418,8 @@ def batch_create():
                            f"{body['pattern']!r}; nothing to run")
     batch = s.engine.submit(found, owner, pattern=body["pattern"], **options)
     response = jsonify(batch_answer(batch))
-    response.status_code = 201
+    # A replay answers what the first submit created (200): no second batch.
+    response.status_code = 200 if batch["replayed"] else 201
     response.headers["Location"] = url_for("api.batch_get", batch_id=batch["id"])
     return response
 

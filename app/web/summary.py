@@ -8,7 +8,8 @@ from ..task import ANY_CPU, ANY_GPU, CPU, STATES, device_kind
 
 
 def queue_payload(slotrun, usage=None):
-    """Return the "queue" event: paused, counts per state, total and the slot summary.
+    """Return the "queue" event: paused (auto, reason, since), counts per state, total and
+    the slot summary.
 
     Every tile of the dashboard is drawn from this one payload. The running and queued
     counts come from the engine, as the slot figures do, so that they agree at every moment
@@ -21,12 +22,11 @@ def queue_payload(slotrun, usage=None):
     if engine is not None and not engine.only_own:
         counts["running"] = slots["used"]
         counts["queued"] = slots["waiting"]
-    out = {"paused": bool(engine and engine.paused), "counts": counts,
-           "total": sum(counts.values()), "slots": slots}
-    reason = getattr(engine, "pause_reason", None) if engine is not None else None
-    if out["paused"] and reason:
-        out["reason"] = reason  # the engine paused itself (a persistent fault): why
-    return out
+    # paused, and why: auto (the engine paused itself for a persistent fault) with its
+    # reason, and since when (see Engine.queue_state)
+    state = engine.queue_state() if engine is not None else {
+        "paused": False, "auto": False, "reason": None, "since": None}
+    return {**state, "counts": counts, "total": sum(counts.values()), "slots": slots}
 
 
 def slot_summary(engine, usage=None):
