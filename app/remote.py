@@ -5,13 +5,18 @@ one on the server with ``python -m app token create NAME``). Ctrl-C cancels the 
 """
 
 import os
+import sys
 import threading
+import time
+import uuid
 
 import requests
 import socketio
 
 from .console import EXIT_FAILED, Printer, Stop, confirm, install_signal_handlers
 from .errors import SlotrunError
+
+RESYNC_INTERVAL = 30.0  # seconds between catch-ups from the API while following a batch
 
 
 class ApiClient:
@@ -22,13 +27,27 @@ class ApiClient:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method, path, **kwargs):
-        """Send one request; return its JSON, or raise an error with the server's message."""
+    def call(self, method, path, retries=0, **kwargs):
+        """Send one request; return its JSON, or raise an error with the server's message.
+
+        ``retries``: send it again that many times (1, 2, 4 ... s apart) when no answer came
+        or the server could not serve it now (5xx); only for requests that are safe to
+        repeat (a submit carries an idempotency key).
+        """
+        for attempt in range(retries + 1):
+            try:
+                return self._call_once(method, path, **kwargs)
+            except _Retryable as e:
+                if attempt == retries:
+                    raise SlotrunError(e.message) from None
+                time.sleep(min(2 ** attempt, 8))
+
+    def _call_once(self, method, path, **kwargs):
         try:
-            r = self.http.request(method, self.url + path, timeout=30, **kwargs)
+            r = self.http.request(method, self.url + path, timeout=60, **kwargs)
         except requests.RequestException as e:
-            raise SlotrunError(f"cannot reach the slotrun server at {self.url}: "
-                               f"{e.__class__.__name__}") from None
+            raise _Retryable(f"cannot reach the slotrun server at {self.url}: "
+                             f"{e.__class__.__name__}") from None
         try:
             body = r.json()
         except ValueError:
@@ -36,9 +55,15 @@ class ApiClient:
         if r.status_code == 401:
             raise SlotrunError(f"the server at {self.url} refused the token in SLOTRUN_TOKEN; "
                                "create one with: python -m app token create NAME")
+        if r.status_code >= 500:
+            raise _Retryable(body.get("error") or f"the server answered HTTP {r.status_code}")
         if r.status_code >= 400:
             raise SlotrunError(body.get("error") or f"the server answered HTTP {r.status_code}")
         return body
+
+
+class _Retryable(SlotrunError):
+    """No answer, or a server error: the same request may be sent again."""
 
 
 def submit_remote(args, settings):
@@ -69,15 +94,35 @@ def submit_remote(args, settings):
         return EXIT_FAILED
 
     printer = Printer(args.command or settings["command"], bool(args.overwrite))
+    resync = threading.Event()
     sio = socketio.Client(reconnection=True)
     sio.on("task", lambda t: printer("task", t))
     sio.on("task_list", lambda data: [printer("task", t) for t in data.get("tasks", ())])
 
+    def need_resync():
+        resync.set()
+        printer.changed.set()
+
+    @sio.on("tasks")
+    def bulk(notice):
+        # More changes at once than the server sends one by one: fetch the batch's states.
+        if printer.batch_id is None or printer.batch_id in (notice or {}).get("batches", ()):
+            need_resync()
+
+    paused = {"reason": None}
+
+    @sio.on("queue")
+    def queue_state(q):
+        reason = (q or {}).get("reason") if (q or {}).get("paused") else None
+        if reason != paused["reason"]:
+            paused["reason"] = reason
+            print(f"The server's queue is paused: {reason}" if reason else
+                  "The server's queue runs again.", file=sys.stderr, flush=True)
+
     @sio.event
     def connect():
         # After a reconnect, catch up with what happened meanwhile.
-        if printer.batch_id is not None:
-            _catch_up(client, printer)
+        need_resync()
 
     try:
         sio.connect(client.url, headers={"Authorization": f"Bearer {token}"},
@@ -87,15 +132,16 @@ def submit_remote(args, settings):
     stop = install_signal_handlers()
     batch = None
     try:
-        batch = client.call("POST", "/api/v1/batches", json=body)
+        # One key for this submit: a retry after a lost answer finds the batch it created.
+        batch = client.call("POST", "/api/v1/batches", json=body, retries=4,
+                            headers={"Idempotency-Key": str(uuid.uuid4())})
         try:  # show the command the server runs (its own default template unless --command)
             info = client.call("GET", f"/api/v1/batches/{batch['id']}", params={"per_page": 1})
             printer.template = info.get("command") or printer.template
         except SlotrunError:
             pass  # the lines then show this machine's template; the batch runs all the same
         printer.expect(batch)
-        _catch_up(client, printer)
-        printer.done.wait()
+        _follow_remote(client, printer, resync)
     except Stop:
         if batch is not None:
             client.call("POST", f"/api/v1/batches/{batch['id']}/cancel")
@@ -105,6 +151,26 @@ def submit_remote(args, settings):
         stop()
         _disconnect(sio)
     return printer.summary(False)
+
+
+def _follow_remote(client, printer, resync):
+    """Wait until every task of the batch ended: live events, a resync after a bulk notice
+    or a reconnect, and one every RESYNC_INTERVAL seconds whatever happens."""
+    last = float("-inf")
+    while not printer.done.is_set():
+        now = time.monotonic()
+        if resync.is_set() or now - last >= RESYNC_INTERVAL:
+            resync.clear()
+            last = now
+            try:
+                _catch_up(client, printer)
+            except SlotrunError as e:  # the server restarts: try again later
+                print(f"({e}; trying again)", file=sys.stderr, flush=True)
+            continue
+        printer.changed.clear()
+        if printer.done.is_set() or resync.is_set():
+            continue
+        printer.changed.wait(max(0.0, last + RESYNC_INTERVAL - time.monotonic()))
 
 
 def _disconnect(sio, wait=0.5):
