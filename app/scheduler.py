@@ -284,9 +284,7 @@ class Engine:
             raise
         self._publish_usage()
         self._thread = threading.Thread(target=self._loop, name="slotrun-scheduler", daemon=True)
-        # Work queued before a restart starts now, not at the first command or task exit.
-        self._q.put(("wake",))
-        self._thread.start()
+        self._thread.start()  # its first step runs at once (_kick): queued work starts now
         if self.monitor is not None:
             self.monitor.poke()
         return self
@@ -642,7 +640,6 @@ class Engine:
             self._observe(item[1])
         elif kind == "unavailable":
             self._take_out(item[1])
-        # "wake": nothing to handle; the loop dispatches after every item
 
     def _finish_stop(self):
         kill, since = self._stopping
