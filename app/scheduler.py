@@ -1138,6 +1138,17 @@ class Engine:
         if r is None or r.attempt_id != handle.attempt_id:
             return
         del self.running[handle.task_id]
+        try:
+            self._record_exit(r, handle, code)
+        except Exception:  # noqa: BLE001 - a bug here must not lose the end
+            log.exception("deciding how task %s ended failed; recording its plain outcome",
+                          r.task_id)
+            state, message = self._outcome(code, None) if r.stop_reason != "cancel" else (
+                CANCELLED, "cancelled while running")
+            self._owe(self._end_write(r.attempt_id, r.task_id, r.config, r.batch_id, state,
+                                      code, message, time.time(), None, None))
+
+    def _record_exit(self, r, handle, code):
         if handle.pid in self._groups:
             self._groups = {k: v for k, v in self._groups.items() if k != handle.pid}
             self.ledger.ended(r.task_id, r.device, time.monotonic())  # its memory is free again
