@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -1236,10 +1237,6 @@ class Engine:
         return Write(apply, f"record the end of task {task_id}", then=then, batch_id=batch_id,
                      config=config, task_id=task_id)
 
-    def _settle(self):
-        """Write down the ends already published (after the freed slots were refilled)."""
-        self._flush_writes()
-
     def _mark_done(self, config):
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(
             config, self.settings["configs_dir"], self.settings["results_dir"]))
@@ -1635,8 +1632,6 @@ def _stop_note(extra, stop_reason):
 
 def _signal_name(number):
     try:
-        import signal
-
         return f" ({signal.Signals(number).name})"
     except ValueError:
         return ""
