@@ -866,17 +866,7 @@ class Engine:
         states = {d: DeviceState(d, self._effective_limit(d), running.get(d, 0))
                   for d in self.devices}
         if self.gpu_devices and any(states[d].free_slots for d in self.gpu_devices if d in states):
-            try:
-                self._gpu_states(states)
-            except Exception as e:  # noqa: BLE001 - the GPUs are set aside, not everything
-                # Reading every GPU failed (not one GPU's error: the inventory itself). No
-                # new task starts on a GPU until a reading works again (the memory monitor
-                # keeps reading while GPU work waits); CPU tasks go on.
-                why = f"reading the GPUs failed: {self._fault_reason(e)}"
-                self._note_faults({d: why for d in self.gpu_devices})
-                for d in self.gpu_devices:
-                    if d in states:
-                        states[d].blocked = f"{d} cannot be read: {why}"
+            self._gpu_states(states)  # a failed reading blocks the GPUs (_read_now), not the CPU
         holds = {}
         placements = pick_from_queues(self.queues, states, by_owner, self.margin,
                                       any_gpu=tuple(self.gpu_devices), learned=self.learned,
