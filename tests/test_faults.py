@@ -241,18 +241,19 @@ def test_one_gpu_that_cannot_be_read_is_set_aside_not_everything(workspace, monk
         eng.stop()
 
 
-def test_gpu_inventory_that_raises_holds_gpu_work_runs_cpu_work_and_fails_nothing(
+def test_gpus_that_cannot_be_read_hold_gpu_work_run_cpu_work_and_fail_nothing(
         workspace, monkeypatch, tmp_path):
     monkeypatch.setenv("SLOTRUN_FAKE_GPUS", "2")
     monkeypatch.setenv("SLOTRUN_SIM_TIME", "0.2")
     rec = Recorder()
     eng, store = make_engine(workspace, rec, cpu_slots=1, **FAST_FAULTS)
-    # The simulated GPUs read their per-process memory from this folder; a file in place of
-    # GPU 0's folder makes every reading of the GPUs raise (not one GPU's error).
-    broken = tmp_path / "fakegpu" / "gpu0"
-    shutil.rmtree(broken, ignore_errors=True)
-    broken.parent.mkdir(parents=True, exist_ok=True)
-    broken.write_text("broken\n")
+    # The simulated GPUs read their per-process memory from these folders; a file in place
+    # of each makes reading every GPU raise (an OSError, not an NVML error).
+    broken = [tmp_path / "fakegpu" / f"gpu{i}" for i in (0, 1)]
+    for path in broken:
+        shutil.rmtree(path, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("broken\n")
     try:
         # The start-up reading is fresh for a moment; once it is old, a start reads again.
         wait_for(lambda: eng.ledger.age(time.monotonic()) > eng.reading_max_age, timeout=10)
@@ -261,7 +262,7 @@ def test_gpu_inventory_that_raises_holds_gpu_work_runs_cpu_work_and_fails_nothin
 
         def held():
             u = eng.usage()
-            return all(u[d].get("hold") == "fault" and "reading the GPUs failed" in u[d]["note"]
+            return all(u[d].get("hold") == "fault" and "cannot be read" in u[d]["note"]
                        for d in ("gpu0", "gpu1"))
 
         wait_for(held, timeout=10)
@@ -270,13 +271,15 @@ def test_gpu_inventory_that_raises_holds_gpu_work_runs_cpu_work_and_fails_nothin
         wait_for(lambda: done(store, cpu_ids), timeout=20)
         assert_each_ran_once_and_succeeded(store, cpu_ids)
         assert all(store.get_task(i)["state"] == "queued" for i in gpu_ids)
-        broken.unlink()
+        for path in broken:
+            path.unlink()
         wait_for(lambda: done(store, gpu_ids), timeout=30)
         assert_each_ran_once_and_succeeded(store, gpu_ids)
         assert not eng.queue_state()["paused"]
     finally:
-        if broken.is_file():
-            broken.unlink()
+        for path in broken:
+            if path.is_file():
+                path.unlink()
         eng.stop()
 
 
