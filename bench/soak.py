@@ -84,10 +84,13 @@ class Server:
         import requests
 
         with open(self.log_path, "ab") as out:
+            # Its own session: a kill reaches every process of the server (the master and
+            # the worker that holds the engine), never the tasks (they have sessions of
+            # their own).
             self.proc = subprocess.Popen(
                 [PY, "-m", "app", "serve", "--port", str(self.port), "--workspace", self.ws],
                 cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -101,9 +104,12 @@ class Server:
         raise RuntimeError("the server did not answer in time")
 
     def kill(self):
-        """SIGKILL the server (its tasks keep running)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL every process of the server at once (its tasks keep running)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def stop(self):

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from app.errors import WorkspaceLocked
+from app.scheduler import check_workspace_free
 from app.store import Store
 from tests.helpers import ServerProcess, task_env, wait_for
 from tests.test_server import Recorder
@@ -21,6 +23,14 @@ def env(workspace, tmp_path):
                     SLOTRUN_AUTH="false", SLOTRUN_CPU_SLOTS=2, SLOTRUN_SIM_TIME=1,
                     SLOTRUN_FAULT_PAUSE_AFTER=1, SLOTRUN_STORE_BUSY_TIMEOUT=0.3,
                     PYTHONUNBUFFERED=1)
+
+
+def _workspace_free(workspace):
+    try:
+        check_workspace_free(workspace)
+    except WorkspaceLocked:
+        return False
+    return True
 
 
 def tasks_of(store, batch_id):
@@ -40,6 +50,9 @@ def test_restarted_server_starts_queued_work_at_once(env, workspace, tmp_path, s
         wait_for(lambda: sum(t["state"] == "running" for t in tasks_of(store, batch)) == 2, 15)
     finally:
         server.stop()
+    # Under gunicorn a SIGKILL reaches the master; its worker (the engine) sees it gone and
+    # ends within a second or so: a new server can take the workspace once it has.
+    wait_for(lambda: _workspace_free(workspace), 15, interval=0.1)
     running = []
     for t in tasks_of(store, batch):
         run_dir = t["state"] == "running" and store.latest_attempt(t["id"])["run_dir"]
