@@ -1149,8 +1149,11 @@ class Engine:
         if held and held.task_id == r.task_id:
             del self.probation[r.device]
         exit_file = os.path.join(handle.run_dir, "exit") if handle.run_dir else None
-        # The end is when the process ended (the exit file's time), not when it was noticed.
-        now = min(time.time(), (_mtime(exit_file) if exit_file else None) or time.time())
+        now = time.time()
+        if not handle.extra.get("stopped"):
+            # The end is when the process ended (the exit file's time), not when it was
+            # noticed; a task whose leftovers had to be stopped ended when they were gone.
+            now = min(now, (_mtime(exit_file) if exit_file else None) or now)
         if r.stop_reason:
             state, message = _stopped_state(r.stop_reason)
         elif code is None:
