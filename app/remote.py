@@ -105,8 +105,10 @@ def submit_remote(args, settings):
 
     @sio.on("tasks")
     def bulk(notice):
-        # More changes at once than the server sends one by one: fetch the batch's states.
-        if printer.batch_id is None or printer.batch_id in (notice or {}).get("batches", ()):
+        # More changes at once than the server sends in a task_list, or this connection fell
+        # behind and missed some: fetch the batch's states.
+        batches = (notice or {}).get("batches")
+        if printer.batch_id is None or batches is None or printer.batch_id in batches:
             need_resync()
 
     paused = {"reason": None}
