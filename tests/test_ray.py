@@ -446,7 +446,8 @@ def test_a_silent_agent_takes_its_node_out_until_it_answers(workspace, cluster):
         wait_for(lambda: store.get_task(tid)["state"] == "succeeded", timeout=30)
         first, second = store.attempts(tid)
         assert first["message"] == (f"node gpu-y was lost (its slotrun agent did not answer "
-                                    f"for {NODE_TIMEOUT} s)"), first["message"]
+                                    f"for {NODE_TIMEOUT} s); requeued (retry 1 of 1)"), \
+            first["message"]
         assert second["node"] == "node-a"
         [unreached] = store.attempts(pinned)
         assert unreached["state"] == "interrupted"
