@@ -12,7 +12,6 @@ from .devices import no_gpu_message, open_inventory
 from .errors import SlotrunError
 from .executors import claim_orphans
 from .paths import state_db
-from .remote import submit_remote
 from .scheduler import Engine, check_template
 from .store import Store
 from .task import CPU, SKIPPED
@@ -81,6 +80,10 @@ def multi_run(argv=None, prog="multi-run.py"):
     try:
         settings = settings_mod.load({"workspace": args.workspace, "command": args.command})
         if args.server:
+            # Imported here: its HTTP and Socket.IO clients take longer to import than a
+            # local run takes to start its first task.
+            from .remote import submit_remote
+
             return submit_remote(args, settings)
         return _multi_run_local(args, settings)
     except SlotrunError as e:

@@ -21,8 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psutil
-
 log = logging.getLogger(__name__)
 
 MARKER = "SLOTRUN_RUN_DIR"  # inherited by every process of a task: the attempt's run folder
@@ -38,6 +36,15 @@ _children_lock = threading.Lock()
 
 
 # -- process facts ------------------------------------------------------------------------------
+
+def _psutil():
+    """Return the psutil module, imported on first use: only a scan of /proc (a stop, a leftover
+    check that found something, a re-adoption) needs it, and importing it would add about a
+    tenth of multi-run.py's time to its first start."""
+    import psutil
+
+    return psutil
+
 
 def boot_id():
     """Return this machine's boot id (pids are only comparable within one boot)."""
@@ -235,6 +242,7 @@ def find_processes(tree, table=None):
     """
     if table is None:
         table = ProcessTable()
+    psutil = _psutil()
     by_session = tree.sid > 1 and _session_is_ours(tree)
     out = {}
     for e in table.entries:
@@ -254,13 +262,14 @@ class _Entry:
     pid: int
     sid: int
     marker: str | None
-    proc: psutil.Process
+    proc: object  # a psutil.Process
 
 
 class ProcessTable:
     """One scan of the machine's processes: the session and marker of each."""
 
     def __init__(self):
+        psutil = _psutil()
         self.taken = time.monotonic()
         me = os.getpid()
         entries = []
@@ -310,6 +319,7 @@ def _reap_seen(seen, live, me):
     A zombie's environment can no longer be read, so one that had left the session is known
     only from having been seen; its start time proves the pid was not reused meanwhile.
     """
+    psutil = _psutil()
     for pid, started in list(seen.items()):
         if pid in live:
             continue
