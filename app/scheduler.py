@@ -25,6 +25,7 @@ from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, f
                         log_shows_oom)
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import ExecutorUnavailable, LaunchSpec
+from .executors.local import exit_time, read_record
 from .logs import LOG_NAME, first_error_line, signal_of_exit
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
 from .selection import applies_to, plan_bulk
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 PAUSE_KEY = "queue_paused"  # meta key: JSON {"reason", "since"} while a user's pause holds
 PLACEHOLDERS = ("python", "config", "name", "results", "overwrite", "device_args", "gpu", "device",
                 "task_id", "batch_id")
+# At most this many run folders of queued tasks are made ahead of their start (per owner).
+PREPARE_AHEAD_MAX = 64
 # Placeholders that stand for a list of arguments (possibly none), so each must be a whole
 # argument of the template: {device_args} is "-d 0" on a GPU and nothing on the CPU.
 ARGUMENT_LISTS = ("device_args",)
@@ -251,6 +254,8 @@ class Engine:
         self.device_memory = {}  # device -> {"free", "reserved", "available"} at the last dispatch
         self._groups = {}  # process group -> Watched, for running GPU tasks
         self._gpu_queued = 0  # queued tasks that may run on a GPU: the monitor reads while > 0
+        self._prepared = {}  # task id -> run folder asked to be made ahead of its start
+        self._runs_dir = os.path.join(state_dir(self.workspace), "runs")
         self.monitor = None
 
     # -- life cycle -----------------------------------------------------------------------
@@ -571,6 +576,7 @@ class Engine:
             if any(c in self._queued_configs for c in released):
                 # A config waited for its last run's end to be written down: it may start now.
                 started += self._dispatch(probe=probe)
+        self._prepare_next()
         if self._fault is not None and (not probe or started or not self.queued):
             self._fault_cleared()
 
@@ -685,8 +691,7 @@ class Engine:
                     self.executor.stop(handle, max(0.0, min(grace, left)))
                 continue
             run_dir = rec["run_dir"]
-            if code is None and not rec.get("pid") and not os.path.exists(
-                    os.path.join(run_dir, "pid")):
+            if code is None and not rec.get("pid") and read_record(run_dir).pid is None:
                 # The engine stopped between recording the start and starting the process:
                 # this attempt never ran, so it is undone rather than counted.
                 self._owe(Write(
@@ -704,7 +709,7 @@ class Engine:
                 self._retry_left(batch, rec.get("number") or 1, state)
             if requeue:
                 message += f"; requeued (retry {rec.get('number') or 1} of {batch.max_retries})"
-            finished = _mtime(os.path.join(run_dir, "exit")) or time.time()
+            finished = exit_time(run_dir) or time.time()
             self._owe(self._end_write(rec["id"], rec["task_id"], rec["config"], rec["batch_id"],
                                       state, code, message, finished, None, requeue))
         orphans = self._end_orphaned_headless()
@@ -897,6 +902,27 @@ class Engine:
         busy.update(self._owed_configs())
         return busy
 
+    def _run_dir(self, task_id, number):
+        return os.path.join(self._runs_dir, f"{task_id}-{number}")
+
+    def _prepare_next(self):
+        """Have the run folders of the tasks that start next made ahead, off this thread:
+        a refilled slot then opens its files instead of creating them."""
+        prepare = getattr(self.executor, "prepare", None)
+        if prepare is None:
+            return
+        for task_id in [t for t in self._prepared if t not in self.queued]:
+            self.executor.discard(self._prepared.pop(task_id))  # it left the queue unstarted
+        ahead = min(PREPARE_AHEAD_MAX, max(1, sum(self.limits.values())))
+        want = []
+        for q in self.queues.values():
+            for p in q[:ahead]:
+                if p.id not in self._prepared:
+                    d = self._prepared[p.id] = self._run_dir(p.id, self.queued[p.id].attempts + 1)
+                    want.append(d)
+        if want:
+            prepare(want)
+
     def _gpu_states(self, states):
         """Fill in the GPUs' memory, reservations and blocks (no reading unless it is stale)."""
         ledger = self.ledger
@@ -963,7 +989,8 @@ class Engine:
         used = {r.slot for r in self.running.values() if r.device == device}
         slot = next(i for i in range(len(used) + 1) if i not in used)
         number = item.attempts + 1
-        run_dir = os.path.join(state_dir(self.workspace), "runs", f"{task_id}-{number}")
+        run_dir = self._run_dir(task_id, number)
+        self._prepared.pop(task_id, None)
         config = item.config
         results = configs_mod.results_dir_for(config, self.settings["configs_dir"],
                                               self.settings["results_dir"])
@@ -1148,12 +1175,11 @@ class Engine:
         held = self.probation.get(r.device)
         if held and held.task_id == r.task_id:
             del self.probation[r.device]
-        exit_file = os.path.join(handle.run_dir, "exit") if handle.run_dir else None
         now = time.time()
         if not handle.extra.get("stopped"):
             # The end is when the process ended (the exit file's time), not when it was
             # noticed; a task whose leftovers had to be stopped ended when they were gone.
-            now = min(now, (_mtime(exit_file) if exit_file else None) or now)
+            now = min(now, (exit_time(handle.run_dir) if handle.run_dir else None) or now)
         if r.stop_reason:
             state, message = _stopped_state(r.stop_reason)
         elif code is None:
@@ -1629,9 +1655,3 @@ def _signal_name(number):
     except ValueError:
         return ""
 
-
-def _mtime(path):
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None

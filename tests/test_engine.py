@@ -11,6 +11,7 @@ import pytest
 from app import settings as settings_mod
 from app.devices import open_inventory
 from app.errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
+from app.executors.local import read_exit_code
 from app.scheduler import Engine, check_template, state_dir
 from app.store import Store
 from tests.helpers import ROOT, task_env, wait_for
@@ -221,7 +222,7 @@ def test_engine_killed_with_sigkill_tasks_survive_and_are_readopted(workspace):
     long_pid = attempts["configs/k/long.yaml"]["pid"]
     assert os.path.exists(f"/proc/{long_pid}")
     short_dir = attempts["configs/k/short.yaml"]["run_dir"]
-    wait_for(lambda: os.path.exists(os.path.join(short_dir, "exit")), timeout=10)
+    wait_for(lambda: read_exit_code(short_dir) is not None, timeout=10)
     os.environ.pop("SLOTRUN_SIM_TIME", None)
     eng, store = make_engine(workspace)
     try:

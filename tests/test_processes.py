@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from app.executors.local import read_exit_code
 from app.executors.processes import MARKER, is_subreaper
 from app.paths import state_db
 from app.store import Store
@@ -304,7 +305,7 @@ def test_ended_while_no_engine_ran_leftovers_are_stopped_at_recovery(ws):
     proc.communicate()
     store = Store(state_db(ws))
     [a] = store.running_attempts()
-    wait_for(lambda: os.path.exists(os.path.join(a["run_dir"], "exit")), timeout=15)
+    wait_for(lambda: read_exit_code(a["run_dir"]) is not None, timeout=15)
     [child] = pids_of(ws, "1-late")
     assert alive(child)
     eng, store = make_engine(ws, kill_grace=3)
@@ -424,8 +425,11 @@ t.join()
 eng.stop()
 kids = []
 for tid in os.listdir("/proc/self/task"):
-    with open(f"/proc/self/task/{tid}/children") as f:
-        kids += f.read().split()
+    try:  # a thread (a stop job's) may end between the listing and the read
+        with open(f"/proc/self/task/{tid}/children") as f:
+            kids += f.read().split()
+    except OSError:
+        pass
 states = []
 for k in kids:
     try:

