@@ -58,8 +58,9 @@ def boot_id():
     return _BOOT_ID
 
 
-def process_start_time(pid):
-    """Return a process's start time in clock ticks since boot, or None if it is gone."""
+def process_start_time(pid, zombie=False):
+    """Return a process's start time in clock ticks since boot, or None if it is gone (or, unless
+    ``zombie``, has ended and waits to be reaped: a child of ours is still that process)."""
     # Read by hand, not through psutil: this runs on every start (on the path from one task's
     # exit to the next start), where psutil.Process(pid).create_time() costs about 2.5x more.
     try:
@@ -72,7 +73,7 @@ def process_start_time(pid):
         return None
     try:
         fields = data[data.rindex(b")") + 2:].split(None, 20)
-        if fields[0] == b"Z":
+        if fields[0] == b"Z" and not zombie:
             return None  # a zombie has finished
         return int(fields[19])
     except (ValueError, IndexError):
