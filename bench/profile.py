@@ -1,6 +1,6 @@
 """Where slotrun's W1 time goes: its CPU split (engine vs tasks) and a py-spy profile.
 
-Two runs of W1 through multi-run.py:
+Two runs of W1 through multi-run.py in GPU mode (two simulated GPUs, admission on):
 1. unprofiled, inside a thin wrapper that records the engine process's own CPU seconds
    (every thread) and those of its reaped descendants (the per-task wrapper shells and
    the tasks): the cost per task, free of profiler overhead;
@@ -11,6 +11,7 @@ Two runs of W1 through multi-run.py:
 import json
 import os
 import subprocess
+import time
 from collections import Counter
 
 from .common import PY, REPO, TASKS, clean_env, remove, scratch, timed
@@ -25,9 +26,14 @@ CATEGORIES = [
     ("task start: fork/exec of the wrapper (LocalExecutor.start -> subprocess.Popen)",
      lambda f: f.startswith(("Popen.", "LocalExecutor.start ", "_execute_child"))),
     ("task start: pid start time, pidfd, epoll (LocalExecutor.start)",
-     lambda f: f.startswith(("process_start_time", "LocalExecutor._watch_pid", "boot_id"))),
-    ("exit watcher: epoll wake-up, waitpid (LocalExecutor._watch/_report)",
-     lambda f: f.startswith(("LocalExecutor._watch ", "LocalExecutor._report"))),
+     lambda f: f.startswith(("process_start_time", "LocalExecutor._watch_pid", "boot_id",
+                             "ChildHandle."))),
+    ("run folders made ahead (the preparer thread, Engine._prepare_next)",
+     lambda f: f.startswith(("_Preparer.", "make_run_dir", "Engine._prepare_next",
+                             "LocalExecutor.prepare", "LocalExecutor.discard"))),
+    ("exit watcher: epoll wake-up, waitpid, leftover check (LocalExecutor._watch/_report)",
+     lambda f: f.startswith(("LocalExecutor._watch ", "LocalExecutor._report", "Stops.",
+                             "may_have_leftovers", "own_orphans", "group_alive"))),
     ("console lines (console.Printer, display_command)",
      lambda f: f.startswith(("Printer.", "display_command"))),
     ("done markers (Engine._mark_done)", lambda f: f.startswith("Engine._mark_done")),
@@ -81,11 +87,20 @@ def categorise(frames):
     return OTHER
 
 
+# Innermost frames that are waits py-spy may count as active (a thread blocked in epoll_wait
+# or on a lock): left out, so the shares are of the time the engine was working.
+WAITS = ("LocalExecutor._watch ", "Condition.wait", "Event.wait", "Thread.join",
+         "MemoryMonitor._run ")
+
+
 def analyse(path):
     """Return totals, per-thread and per-category shares and the top app functions."""
-    total = 0
+    total = waits = 0
     threads, cats, inclusive, leaf = Counter(), Counter(), Counter(), Counter()
     for thread, frames, n in _parse_raw(path):
+        if frames and frames[-1].startswith(WAITS):
+            waits += n
+            continue
         total += n
         threads[thread] += n
         cats[categorise(frames)] += n
@@ -102,8 +117,9 @@ def analyse(path):
     def share(counter, k=None):
         return [{"name": name, "samples": c, "share": c / total if total else 0}
                 for name, c in counter.most_common(k)]
-    return {"samples": total, "threads": share(threads), "categories": share(cats),
-            "app_inclusive": share(inclusive, 20), "leaf_self": share(leaf, 12)}
+    return {"samples": total, "wait_samples": waits, "threads": share(threads),
+            "categories": share(cats), "app_inclusive": share(inclusive, 20),
+            "leaf_self": share(leaf, 12)}
 
 
 def fs_costs(out_dir, n=200):
@@ -141,32 +157,71 @@ def fs_costs(out_dir, n=200):
 
 
 def fixed_cost(out_dir, runs=3):
-    """Return the median wall time of a one-task multi-run.py invocation (start-up, config
-    discovery, database, one task, shut-down): what every headless run pays once."""
+    """Return where multi-run.py's time goes before its first task runs, in GPU mode (two
+    simulated GPUs, admission on), median of ``runs``: the interpreter's start, the imports,
+    each start-up step (from ``tasks/startup_trace.py``), the engine's own start of the task,
+    and the task's first statement (a ``python -I -S`` stamp, through the wrapper's shell);
+    beside the one-task run's whole wall time and xargs'."""
+    import shlex
+
     from .common import median
-    from .tools import Job, run_slotrun, run_xargs
+    from .tools import Job, run_slotrun, run_xargs, slotrun_argv, slotrun_records, \
+        slotrun_workspace
+    from .workloads import read_stamps
 
     job = Job("one", ["true"], ["t0"], 1)
     walls, xw = [], []
     for _ in range(runs):
         d = scratch(out_dir, "fixed")
         try:
-            walls.append(run_slotrun(job, d)["wall"])
+            walls.append(run_slotrun(job, d, gpus=2)["wall"])
             xw.append(run_xargs(job, d)["wall"])
         finally:
             remove(d)
-    bare = []
+    env = clean_env()
+    bare, imp, task_py = [], [], []
     for _ in range(runs):
-        wall, _, _ = timed([PY, "-c", "pass"])
-        bare.append(wall)
-    imp = []
+        bare.append(timed([PY, "-c", "pass"], env=env)[0])
+        imp.append(timed([PY, "-c", "import app.multi_run_cli"], cwd=REPO, env=env)[0])
+        task_py.append(timed([PY, "-I", "-S", "-c", "pass"], env=env)[0])
+    steps = {}
+    stamp = Job("first", [PY, "-I", "-S", os.path.join(TASKS, "stamp.py"), "{stamps}"],
+                ["0"], 1)
     for _ in range(runs):
-        wall, _, _ = timed([PY, "-c", "import app.cli, app.scheduler, app.store, app.devices, "
-                                      "app.configs, app.executors.local"],
-                           cwd=REPO)
-        imp.append(wall)
+        d = scratch(out_dir, "first")
+        try:
+            ws = slotrun_workspace(stamp, d)
+            argv = slotrun_argv(stamp, d, ws, gpus=2)
+            trace = os.path.join(d, "trace.json")
+            argv = [PY, os.path.join(TASKS, "startup_trace.py"), trace] + argv[2:]
+            launched = time.time_ns()
+            tenv = dict(env, SLOTRUN_FAKE_GPUS="2", SLOTRUN_FAKE_GPU_DIR=os.path.join(d, "fakegpu"),
+                        BENCH_LAUNCHED_NS=str(launched), PYTHONPATH=REPO)
+            p = subprocess.run(argv, cwd=ws, env=tenv, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=120)
+            if p.returncode != 0:
+                raise RuntimeError(f"the traced run failed: {p.stderr.decode()[-500:]}")
+            with open(trace, encoding="utf-8") as f:
+                marks = json.load(f)["marks"]
+            first = min(s for s, _ in read_stamps(os.path.join(d, "stamps.txt")))
+            rec = slotrun_records(ws)
+            marks.append(["engine recorded the task's start (started_at)",
+                          int(rec["first_started_at"] * 1e9)])
+            marks.append(["the task's first statement (sh + python -I -S)", first])
+            for what, ns in marks:
+                steps.setdefault(what, []).append((ns - launched) / 1e6)
+        finally:
+            remove(d)
+    timeline = [{"step": k, "ms": median(v)} for k, v in steps.items()]
+    timeline.sort(key=lambda x: x["ms"])
     return {"slotrun_one_task_s": median(walls), "xargs_one_task_s": median(xw),
-            "python_bare_s": median(bare), "python_import_engine_s": median(imp)}
+            "python_bare_s": median(bare), "python_import_engine_s": median(imp),
+            "python_isolated_s": median(task_py), "first_start_timeline": timeline,
+            "template": shlex.join(stamp.prefix)}
+
+
+def _gpu_env(run_dir):
+    return clean_env(SLOTRUN_FAKE_GPUS="2", SLOTRUN_FAKE_GPU_DIR=os.path.join(run_dir, "fakegpu"))
 
 
 def profile_w1(smoke, out_dir, keep=False):
@@ -179,11 +234,11 @@ def profile_w1(smoke, out_dir, keep=False):
     run_dir = scratch(out_dir, "profile-cpu")
     try:
         ws = slotrun_workspace(job, run_dir)
-        argv = slotrun_argv(job, run_dir, ws)
+        argv = slotrun_argv(job, run_dir, ws, gpus=2)
         cpu_json = os.path.join(run_dir, "cpu.json")
         wrapped = [PY, os.path.join(TASKS, "engine_cpu.py"), cpu_json] + argv[1:]
         with open(os.path.join(run_dir, "console.log"), "wb") as out:
-            wall, _, rc = timed(wrapped, cwd=ws, env=clean_env(), stdin=subprocess.DEVNULL,
+            wall, _, rc = timed(wrapped, cwd=ws, env=_gpu_env(run_dir), stdin=subprocess.DEVNULL,
                                 stdout=out)
         if rc != 0:
             raise RuntimeError(f"multi-run.py exited with status {rc}")
@@ -206,12 +261,12 @@ def profile_w1(smoke, out_dir, keep=False):
     run_dir = scratch(out_dir, "profile-spy")
     try:
         ws = slotrun_workspace(job, run_dir)
-        argv = slotrun_argv(job, run_dir, ws)
+        argv = slotrun_argv(job, run_dir, ws, gpus=2)
         raw = os.path.join(out_dir, "profile-w1" + ("-smoke" if smoke else "") + ".txt")
-        cmd = [spy, "record", "--threads", "--nonblocking", "--rate", "250", "--format", "raw",
+        cmd = [spy, "record", "--threads", "--nonblocking", "--rate", "1000", "--format", "raw",
                "-o", raw, "--"] + argv
         with open(os.path.join(run_dir, "console.log"), "wb") as out:
-            p = subprocess.run(cmd, cwd=ws, env=clean_env(), stdin=subprocess.DEVNULL,
+            p = subprocess.run(cmd, cwd=ws, env=_gpu_env(run_dir), stdin=subprocess.DEVNULL,
                                stdout=out, stderr=subprocess.STDOUT, timeout=600)
         if p.returncode != 0 or not os.path.exists(raw):
             with open(os.path.join(run_dir, "console.log"), encoding="utf-8",

@@ -564,16 +564,27 @@ def _render_profile(prof):
               f"({c['self_user']:.2f} user + {c['self_sys']:.2f} system); the per-task wrapper "
               f"shells and the tasks {c['children_cpu']:.2f} s = "
               f"{c['children_cpu_per_task_ms']:.2f} ms per task; wall {c['wall_total']:.2f} s "
-              f"for {n} tasks. On {prof.get('nproc', 'this')} cores the run is CPU-bound: "
-              "wall ≈ (engine + children CPU) / cores.", ""]
+              f"for {n} tasks (GPU mode). On {prof.get('nproc', 'this')} cores a run of `true` "
+              "tasks is bound by CPU and by the scheduler thread's own time per task.", ""]
     fx = prof.get("fixed")
     if fx:
-        L += [f"Fixed cost of one headless run (`multi-run.py` with a single `true` task, median): "
-              f"**{fx['slotrun_one_task_s'] * 1000:.0f} ms** (xargs: "
+        L += [f"Fixed cost of one headless run (`multi-run.py` with a single `true` task, GPU "
+              f"mode, median): **{fx['slotrun_one_task_s'] * 1000:.0f} ms** (xargs: "
               f"{fx['xargs_one_task_s'] * 1000:.0f} ms), of which the interpreter's start "
-              f"{fx['python_bare_s'] * 1000:.0f} ms and importing the engine's modules "
+              f"{fx['python_bare_s'] * 1000:.0f} ms and importing `app.multi_run_cli` "
               f"{(fx['python_import_engine_s'] - fx['python_bare_s']) * 1000:.0f} ms more. "
               "Every end-to-end slotrun figure above includes it once.", ""]
+        if fx.get("first_start_timeline"):
+            L += ["Where the time to the first start goes (one task, GPU mode, a `python -I -S` "
+                  "stamp as the task; `bench/tasks/startup_trace.py` notes when each step ends; "
+                  "times from the call, median):", "",
+                  "| step ends | ms after the call | step took (ms) |", "|---|---|---|"]
+            prev = 0.0
+            for x in fx["first_start_timeline"]:
+                L.append(f"| {x['step']} | {x['ms']:.1f} | {x['ms'] - prev:.1f} |")
+                prev = x["ms"]
+            L += ["", f"The task's own interpreter (`python -I -S -c pass`) takes "
+                  f"{fx['python_isolated_s'] * 1000:.1f} ms of the last step.", ""]
     fs = prof.get("fs")
     if fs:
         places = list(fs)
@@ -583,18 +594,21 @@ def _render_profile(prof):
         for op in fs[places[0]]:
             L.append(f"| {op} | " + " | ".join(
                 f"{fs[p][op]['wall_us']:.0f} / {fs[p][op]['cpu_us']:.0f}" for p in places) + " |")
-        L += ["", "Per task slotrun creates 3 folders (`.slotrun/runs/<task>-<attempt>/`, "
-              "and for a task that writes no results "
-              "`results/<...>/` itself, two levels here) and 4 files (`output.log`, the "
-              "wrapper's `pid` and `exit`, the `.done` marker); xargs creates none, "
+        L += ["", "Per task slotrun creates its run folder `.slotrun/runs/<task>-<attempt>/` with "
+              "two files (`output.log` and the wrapper's record of its pid and exit code, "
+              "`status`), made ahead of the start by a thread of their own, off the path from "
+              "one task's exit to the next start; and for a task that writes no results, its "
+              "results folder (two levels here) and the `.done` marker. xargs creates none, "
               "task-spooler one (its output file).", ""]
     spy = prof.get("py_spy")
     if isinstance(spy, str):
         L += [f"py-spy: {spy}", ""]
         return L
     if spy:
-        L += [f"py-spy (`record --threads --nonblocking --rate 250`, CPU-active samples only, "
-              f"{spy['samples']} samples; raw stacks in `{spy.get('raw_file', '')}`):", "",
+        L += [f"py-spy (`record --threads --nonblocking --rate 1000`, GPU mode, active samples "
+              f"only: {spy['samples']} samples, and {spy.get('wait_samples', 0)} more of threads "
+              "waiting in epoll or on a lock left out; raw stacks in "
+              f"`{spy.get('raw_file', '')}`):", "",
               "| what the engine was doing | share of engine CPU |", "|---|---|"]
         for x in spy["categories"]:
             L.append(f"| {x['name']} | {x['share'] * 100:.1f}% |")
