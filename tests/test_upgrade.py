@@ -351,10 +351,16 @@ def test_a_failed_migration_leaves_the_database_as_it_was(tmp_path, kind):
     assert Store(db).upgrade.to_version == LATEST
 
 
-def test_concurrent_openers_migrate_once(tmp_path):
-    """Four processes (a server, the users CLI, a headless run ...) open an old database at
-    the same moment; the migration runs once, and every opener sees it done."""
-    ws, _ = open_fixture(tmp_path)
+@pytest.mark.parametrize("existing", [True, False], ids=["0.1.0-database", "new-database"])
+def test_concurrent_openers_migrate_once(tmp_path, existing):
+    """Four processes (a server, the users CLI, a headless run ...) open an old database (or
+    create a new one) at the same moment; the migration runs once, every opener sees it done,
+    and only an existing database is backed up."""
+    if existing:
+        ws, _ = open_fixture(tmp_path)
+    else:
+        ws = make_workspace(tmp_path / "ws")
+        os.makedirs(state_dir(ws))  # as Store(path) makes it before upgrading
     db = db_of(ws)
     go = tmp_path / "go"
     script = (
@@ -386,12 +392,15 @@ def test_concurrent_openers_migrate_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     done = LATEST + 1
     upgraded = [r for r in results if r[0] == 0]
-    assert len(upgraded) == 1 and upgraded[0][1] == done and upgraded[0][2]
+    assert len(upgraded) == 1 and upgraded[0][1] == done
+    assert bool(upgraded[0][2]) == existing
     assert sorted(results)[1:] == [[done, done, None]] * 3
     conn = read_only(db)
     assert conn.execute("SELECT COUNT(*) FROM ran").fetchone()[0] == 1
     conn.close()
-    assert migrations.backups(db) == [upgraded[0][2]]
+    with open(db, "rb") as f:
+        assert f.read(20)[18:20] == b"\x02\x02"  # the file format of WAL mode
+    assert migrations.backups(db) == ([upgraded[0][2]] if existing else [])
 
 
 def test_an_upgrade_waits_for_a_writer_and_gives_up_clearly(tmp_path):
