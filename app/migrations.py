@@ -182,16 +182,19 @@ def check_steps(steps):
             raise ValueError(f"migration {i} needs a name and SQL text or a function")
 
 
+_NOT_SQL = re.compile(r"--[^\n]*|/\*.*?\*/|[\s;]", re.S)  # comments, blanks, empty statements
+
+
 def statements(sql):
     """Split SQL text into single statements (semicolons in strings and comments kept)."""
     out, buf = [], ""
     for piece in sql.split(";"):
         buf += piece + ";"
         if sqlite3.complete_statement(buf):
-            if re.sub(r"--[^\n]*|/\*.*?\*/|[\s;]", "", buf, flags=re.S):
+            if _NOT_SQL.sub("", buf):
                 out.append(buf)
             buf = ""
-    if re.sub(r"--[^\n]*|/\*.*?\*/|[\s;]", "", buf, flags=re.S):
+    if _NOT_SQL.sub("", buf):
         raise ValueError(f"incomplete SQL statement: {buf.strip()[:80]!r}")
     return out
 
