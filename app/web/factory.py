@@ -24,6 +24,7 @@ from .extension import Slotrun
 from .redaction import install_log_redaction
 from .runtime import acquire_runtime
 from .secret_key import load_secret_key
+from .websocket_close import install_websocket_close_hook
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def build_app(config=None):
         # the session cookie Secure, X-Forwarded-For is the address logins are limited by.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     install_log_redaction()
+    install_websocket_close_hook()
     runtime = acquire_runtime(settings)
     slotrun = Slotrun(settings, runtime, socketio)
     slotrun.secret_key = app.config["SECRET_KEY"]
