@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from app.executors.local import read_record
 from app.scheduler import state_dir
 from app.store import Store
 from tests.helpers import ROOT, task_env, wait_for
@@ -154,13 +155,13 @@ def test_end_time_is_when_the_process_ended_not_when_it_was_noticed(workspace):
     wait_for(lambda: store.get_task(tid)["state"] == "running", timeout=10)
     eng.stop()  # the task goes on without an engine, and ends
     run_dir = store.latest_attempt(tid)["run_dir"]
-    wait_for(lambda: os.path.exists(os.path.join(run_dir, "exit")), timeout=10)
+    record = wait_for(lambda: read_record(run_dir).exit_file and read_record(run_dir), timeout=10)
     time.sleep(2)  # the new engine notices it two seconds later
     eng, store = make_engine(workspace, cpu_slots=1)
     try:
         t = store.get_task(tid)
         assert t["state"] == "succeeded"
-        assert t["finished_at"] == pytest.approx(os.stat(os.path.join(run_dir, "exit")).st_mtime)
+        assert t["finished_at"] == pytest.approx(os.stat(record.exit_file).st_mtime)
         assert 0.9 < t["finished_at"] - t["started_at"] < 1.9
     finally:
         eng.stop()

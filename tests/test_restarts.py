@@ -8,6 +8,7 @@ import time
 import pytest
 
 from app.errors import WorkspaceLocked
+from app.executors.local import read_record
 from app.scheduler import check_workspace_free
 from app.store import Store
 from tests.helpers import ServerProcess, task_env, wait_for
@@ -56,11 +57,12 @@ def test_restarted_server_starts_queued_work_at_once(env, workspace, tmp_path, s
     running = []
     for t in tasks_of(store, batch):
         run_dir = t["state"] == "running" and store.latest_attempt(t["id"])["run_dir"]
-        # A start recorded in the instant of the kill may have no process (no pid file):
-        # the next server undoes it. The others outlive the server and end while it is down.
-        if run_dir and os.path.exists(os.path.join(run_dir, "pid")):
+        # A start recorded in the instant of the kill may have no process (no pid in the
+        # record): the next server undoes it. The others outlive the server and end while it
+        # is down.
+        if run_dir and read_record(run_dir).pid is not None:
             running.append(t)
-            wait_for(lambda d=run_dir: os.path.exists(os.path.join(d, "exit")), 10)
+            wait_for(lambda d=run_dir: read_record(d).code is not None, 10)
     assert len(running) >= 2
     queued = {t["id"] for t in tasks_of(store, batch) if t["state"] == "queued"}
     assert queued
