@@ -8,6 +8,7 @@ and resumes by itself once the fault is gone. A restarted engine starts queued w
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -306,14 +307,18 @@ def test_headless_run_stops_in_bounded_time_on_a_persistent_fault(workspace):
     assert took < 30
     assert "The queue paused itself: could not start task" in err
     assert "stopped early: the queue paused itself" in err
-    assert "Summary: 1 succeeded, 0 failed, 0 skipped, 6 cancelled" in out, out
+    # The first task ran; the next one's run folder may have been made ahead, before the
+    # fault: it runs too. Nothing fails; what could not start is cancelled, with the reason.
+    summary = re.search(r"Summary: (\d+) succeeded, 0 failed, 0 skipped, (\d+) cancelled", out)
+    assert summary and int(summary[1]) in (1, 2) and int(summary[1]) + int(summary[2]) == 7, out
     # Fixed: the same command resumes; nothing runs twice.
     r = subprocess.run([sys.executable, os.path.join(ROOT, "multi-run.py"), "-c", "exp-(1|2)",
                         "-gpu", "false", "-d", "2", "-check", "false"], cwd=workspace,
                        env=task_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("Start the process") == 6
-    assert r.stdout.splitlines()[-1] == "Summary: 6 succeeded, 0 failed, 1 skipped"
+    ran = int(summary[1])  # what ran before is skipped now; the rest runs, once each
+    assert r.stdout.count("Start the process") == 7 - ran
+    assert r.stdout.splitlines()[-1] == f"Summary: {7 - ran} succeeded, 0 failed, {ran} skipped"
     store = Store(os.path.join(state_dir(workspace), "state.db"))
     counts = store.state_counts()
     assert counts.get("succeeded") == 7 and counts.get("queued", 0) == 0
