@@ -107,7 +107,8 @@ def test_each_task_carries_its_last_log_line_or_why_it_failed(team):
     done = rows["configs/exp-1/exp-1-1.yaml"]
     assert done["last_line"].startswith("done in ") and done["state"] == "succeeded"
     failed = rows["configs/exp-1/exp-1-2.yaml"]
-    assert failed["state"] == "failed" and failed["message"] == "exit code 1"
+    assert failed["state"] == "failed"
+    assert failed["message"] == "exit code 1: ValueError: radius must be positive, not -2"
     assert failed["last_line"] == "ValueError: radius must be positive, not -2"
     one = team.call("GET", f"/tasks/{failed['id']}", "vic").json
     assert one["last_line"] == failed["last_line"]
