@@ -144,8 +144,8 @@ def _multi_run_local(args, settings):
                               headless=f"pid {os.getpid()} on {engine.node}")
         printer.expect(batch)
         mine = {t["config"] for t in batch["tasks"] if t["state"] != SKIPPED}
-        readopted = engine.call(lambda: {r.config: r.task_id for r in engine.running.values()
-                                         if r.batch_id != batch["id"]})
+        readopted = {r.config: r.task_id for r in engine.view.running.values()
+                     if r.batch_id != batch["id"]}
         for config, task_id in sorted(readopted.items()):
             if config in mine:
                 print(f"Wait for {config}: it still runs from an earlier run (task {task_id}); "
@@ -153,7 +153,7 @@ def _multi_run_local(args, settings):
         _follow(printer, engine)
     except Stop:
         interrupted = True
-        print(f"Interrupted: stopping {len(engine.running)} running task(s)...", flush=True)
+        print(f"Interrupted: stopping {len(engine.view.running)} running task(s)...", flush=True)
         engine.stop(kill_tasks=True)
     finally:
         stop()
@@ -171,7 +171,7 @@ def _follow(printer, engine):
     no process of the run is left (their ends may not be written down: the fault)."""
     while True:
         printer.changed.clear()
-        if printer.done.is_set() or (printer.fault is not None and not engine.running):
+        if printer.done.is_set() or (printer.fault is not None and not engine.view.running):
             return
         # After a fault an end may be announced only once it is written down: look again
         # now and then instead of waiting for its event.

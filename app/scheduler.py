@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import configs as configs_mod
 from . import snapshots
 from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, family_of,
                         log_shows_oom)
+from .engine_view import EngineView, QueueState, RunningTask
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import ExecutorUnavailable, LaunchSpec
 from .executors.local import exit_time, read_record
@@ -126,6 +127,12 @@ class Running:
     memory: int = 0  # declared GPU memory need in bytes (0: none declared)
     family: str = ""  # experiment family, for its learned need
     number: int = 1  # the attempt's number (1 for the first run)
+
+    def record(self):
+        """Return the task as readers see it (an immutable record)."""
+        return RunningTask(self.task_id, self.attempt_id, self.batch_id, self.owner, self.device,
+                           self.slot, self.config, self.started_at,
+                           getattr(self.handle, "run_dir", "") or "")
 
 
 @dataclass
@@ -232,6 +239,9 @@ class Engine:
         self.devices = []  # device ids, GPUs first
         self.gpu_devices = []
         self._usage = {}
+        self.view = EngineView()  # what readers on other threads see (see _publish_view)
+        self._stale = set()  # the parts of the view changed since it was published
+        self._wanted = {}  # device tuple -> queued tasks that may use it
         self.node = os.uname().nodename
         # GPU-memory-aware admission (see app/admission.py)
         self.admission = bool(settings.get("admission", True))
@@ -275,6 +285,7 @@ class Engine:
                     else self.settings["gpu_slots"]
                 self.limits[d] = stored.get(d, default)
             self.learned = self._load_learned()
+            self._stale.update(("devices", "learned", "pause"))  # limits are set: with devices
             self._load_pause()
             self._recover()
             if self.gpu_devices:
@@ -430,9 +441,10 @@ class Engine:
 
     def check_devices(self, use_gpu, devices):
         """Return the device ids a batch may use, or raise an error naming the valid ones."""
+        view = self.view  # called on the caller's thread
         if not use_gpu:
-            cpus = [d for d in self.devices if device_kind(d) == CPU]
-            if CPU in self.devices or not cpus:
+            cpus = [d for d in view.devices if device_kind(d) == CPU]
+            if CPU in view.devices or not cpus:
                 if devices and list(devices) != [CPU]:
                     raise SlotrunError(f"a CPU batch runs on the device 'cpu' only, not {devices}")
                 return [CPU]
@@ -442,7 +454,7 @@ class Engine:
             if bad:
                 raise SlotrunError(f"unknown CPU device {bad[0]!r}; valid: " + ", ".join(cpus))
             return list(dict.fromkeys(devices))
-        if not self.gpu_devices:
+        if not view.gpu_devices:
             from .devices import no_gpu_message
 
             raise SlotrunError(no_gpu_message(self.inventory))
@@ -450,10 +462,10 @@ class Engine:
             return [ANY_GPU]
         if not isinstance(devices, (list, tuple)) or not devices:
             raise SlotrunError("devices must be a non-empty list of GPU ids; valid: "
-                               + ", ".join(self.gpu_devices))
-        bad = [d for d in devices if d not in self.gpu_devices]
+                               + ", ".join(view.gpu_devices))
+        bad = [d for d in devices if d not in view.gpu_devices]
         if bad:
-            raise SlotrunError(f"unknown GPU {bad[0]!r}; valid: " + ", ".join(self.gpu_devices))
+            raise SlotrunError(f"unknown GPU {bad[0]!r}; valid: " + ", ".join(view.gpu_devices))
         return list(dict.fromkeys(devices))
 
     def cancel_task(self, task_id):
@@ -476,8 +488,9 @@ class Engine:
 
     def set_slots(self, device, slots):
         """Set a device's slot limit (effective for the next start); return the usage."""
-        if device not in self.limits:
-            raise NotFound(f"device {device!r} not found; valid: " + ", ".join(self.devices))
+        view = self.view
+        if device not in view.limits:
+            raise NotFound(f"device {device!r} not found; valid: " + ", ".join(view.devices))
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0 or slots > 1000:
             raise SlotrunError(f"slots must be a whole number from 0 to 1000, not {slots!r}")
         return self.call(self._set_slots, device, slots)
@@ -500,9 +513,7 @@ class Engine:
         run stops instead). A user's pause has ``auto`` false, no reason, and is kept across
         restarts.
         """
-        p = self.pause if self.paused else None
-        return {"paused": self.paused, "auto": bool(p and p["auto"]),
-                "reason": p["reason"] if p else None, "since": p["since"] if p else None}
+        return self.view.queue.as_dict()
 
     def refresh_devices(self):
         """Re-read the inventory: new devices appear (with their stored or default limit),
@@ -511,8 +522,9 @@ class Engine:
         return self.call(self._refresh_devices)
 
     def usage(self):
-        """Return {device: {"slots": limit, "running": n}} (a consistent copy)."""
-        return self._usage
+        """Return {device: {"slots": limit, "running": n}} as last published (never changed
+        afterwards: a new dict replaces it)."""
+        return self.view.usage
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -533,11 +545,13 @@ class Engine:
                         break
                     self._handle(item)
                 if self._stopping is not None:
+                    self._publish_view()
                     if self._finish_stop():
                         return
                     continue
                 if self._fault is None or time.monotonic() >= self._fault.retry_at:
                     self._step()  # while a fault lasts, not before its backoff is over
+                self._publish_view()
             except Exception as e:  # noqa: BLE001 - the scheduler thread must never die silently
                 self._on_fault(e)
 
@@ -634,9 +648,14 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - retried by the loop; the command goes on
                     self._on_fault(e)
             try:
-                fut.set_result(fn(*args))
+                result, error = fn(*args), None
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                fut.set_exception(e)
+                result, error = None, e
+            self._publish_view()  # the caller then reads what its command changed
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error)
         elif kind == "stop":
             _, kill, done, reason = item
             if self._stopping is None:
@@ -680,6 +699,7 @@ class Engine:
                     rec["slot"], handle, rec["config"], rec["started_at"],
                     memory=rec.get("memory") or 0, family=family_of(rec["config"]),
                     number=rec.get("number") or 1)
+                self._stale.add("running")
                 if gpu_index(rec["device"]) is not None:
                     self._groups = {**self._groups, handle.pid: Watched(
                         rec["task_id"], rec["device"], time.monotonic())}
@@ -812,6 +832,8 @@ class Engine:
         self.queued[p.id] = item
         self._count_queued(p.devices, 1)
         self._queued_configs[item.config] = self._queued_configs.get(item.config, 0) + 1
+        self._wanted[p.devices] = self._wanted.get(p.devices, 0) + 1
+        self._stale.add("queue")
         q = self.queues.setdefault(p.owner, [])
         if not q or order_key(p) > order_key(q[-1]):
             q.append(p)
@@ -826,6 +848,10 @@ class Engine:
         left = self._queued_configs.pop(item.config, 1) - 1
         if left:
             self._queued_configs[item.config] = left
+        wanted = self._wanted.pop(item.pending.devices, 1) - 1
+        if wanted:
+            self._wanted[item.pending.devices] = wanted
+        self._stale.add("queue")
         q = self.queues.get(item.pending.owner, [])
         i = bisect.bisect_left(q, order_key(item.pending), key=order_key)
         if i < len(q) and q[i].id == task_id:
@@ -860,7 +886,9 @@ class Engine:
 
     def _dispatch_round(self, probe):
         if (self.paused and not probe) or not self.queued:
-            self.holds = {}
+            if self.holds:
+                self.holds = {}
+                self._stale.add("holds")
             self._publish_usage()  # an exit may have freed a slot with nothing left to start
             return 0, 0
         running = {}
@@ -880,7 +908,9 @@ class Engine:
                                       last_start=self.last_start,
                                       stagger_unknown=self.admission and self.stagger,
                                       holds=holds, busy=self._busy_configs())
-        self.holds = holds
+        if holds or self.holds:
+            self.holds = holds  # a new dict each round: a published one is never changed
+            self._stale.add("holds")
         if probe:
             placements = placements[:1]
         started = 0
@@ -1046,6 +1076,7 @@ class Engine:
         r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id, p.owner, device,
                                             slot, handle, config, now, memory=p.memory,
                                             family=p.family, number=number)
+        self._stale.add("running")
         record = Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
                                                               handle.pid_start, handle.boot_id),
                        f"record the process of task {task_id}")
@@ -1113,6 +1144,7 @@ class Engine:
         if keep != self.devices:
             self.devices = keep
             self.gpu_devices = [d for d in self.gpu_devices if d in keep]
+            self._stale.add("devices")
             self._publish_usage(force=True)
 
     def _config_as_submitted(self, task_id, config, run_dir):
@@ -1156,6 +1188,7 @@ class Engine:
         if r is None or r.attempt_id != handle.attempt_id:
             return
         del self.running[handle.task_id]
+        self._stale.add("running")
         try:
             self._record_exit(r, handle, code)
         except Exception:  # noqa: BLE001 - a bug here must not lose the end
@@ -1171,7 +1204,8 @@ class Engine:
             self._groups = {k: v for k, v in self._groups.items() if k != handle.pid}
             self.ledger.ended(r.task_id, r.device, time.monotonic())  # its memory is free again
         peak = self.task_peak.pop(r.task_id, None)
-        self.task_memory.pop(r.task_id, None)
+        if self.task_memory.pop(r.task_id, None) is not None or peak is not None:
+            self._stale.add("memory")
         held = self.probation.get(r.device)
         if held and held.task_id == r.task_id:
             del self.probation[r.device]
@@ -1204,7 +1238,7 @@ class Engine:
             seen = max([peak or 0] + [self.task_peak.get(x.task_id, 0)
                                       for x in self.running.values() if x.family == r.family])
             if seen:  # nothing read (all too short): the need stays unknown, the cap holds
-                self.learned[r.family] = max(self.learned.get(r.family, 0), seen)
+                self._learn(r.family, seen)
             learned = self.learned.get(r.family)
             message = (f"CUDA out of memory on {r.device}; "
                        + ("requeued at the front" if requeue else "again: not requeued")
@@ -1219,7 +1253,7 @@ class Engine:
             message = f"{message}; {note}" if message else note
         if state == SUCCEEDED and peak is not None:
             # Read at least once while it ran: its peak (0 included) is what its family needs.
-            self.learned[r.family] = max(self.learned.get(r.family, 0), peak)
+            self._learn(r.family, peak)
         batch = self.batches.get(r.batch_id)
         if not r.stop_reason and not requeue:
             requeue = self._retry_left(batch, r.number, state)
@@ -1366,6 +1400,7 @@ class Engine:
         if self._fixed_limits is None:
             self.store.set_device_limit(device, slots)
         self.limits[device] = slots
+        self._stale.add("devices")
         self._publish_usage(force=True)
         return self._usage[device]
 
@@ -1381,6 +1416,7 @@ class Engine:
                     self.limits[d] = stored.get(d, default)
             self.devices = ids
             self.gpu_devices = [d.id for d in snap if d.kind == "gpu"]
+            self._stale.add("devices")
             self._publish_usage(force=True)
         return ids
 
@@ -1395,9 +1431,9 @@ class Engine:
             self.task_memory[t] = nbytes
             if nbytes >= self.task_peak.get(t, 0):
                 self.task_peak[t] = nbytes
-            known = self.learned.get(r.family)
-            if known is not None and nbytes > known:
-                self.learned[r.family] = nbytes  # more evidence: the family needs more
+            self._stale.add("memory")
+            if r.family in self.learned:
+                self._learn(r.family, nbytes)  # more evidence: the family needs more
         for device, st in list(self.probation.items()):
             nbytes = sample.usage.get(st.task_id, 0)
             age = sample.when - st.since
@@ -1406,12 +1442,11 @@ class Engine:
             elif nbytes > 0 and st.last is not None and \
                     abs(nbytes - st.last) <= max(16 * 1024**2, nbytes // 50):
                 del self.probation[device]  # levelled off: its family needs that much
-                self.learned[st.family] = max(self.learned.get(st.family, 0), nbytes)
+                self._learn(st.family, nbytes)
             elif (nbytes == 0 and age >= self.probation_quiet) or \
                     age >= 10 * self.probation_quiet:
                 del self.probation[device]  # no GPU memory for a while (or too long): settled
-                self.learned[st.family] = max(self.learned.get(st.family, 0),
-                                              self.task_peak.get(st.task_id, 0))
+                self._learn(st.family, self.task_peak.get(st.task_id, 0))
             elif st.task_id in sample.tasks:
                 st.last = nbytes
 
@@ -1442,13 +1477,20 @@ class Engine:
             learned[fam] = max(learned.get(fam, 0), peak)
         return learned
 
+    def _learn(self, family, nbytes):
+        """Raise a family's learned need to ``nbytes`` (a first 0 is learned too)."""
+        if nbytes > self.learned.get(family, -1):
+            self.learned[family] = nbytes
+            self._stale.add("learned")
+
     def predicted_need(self, config):
         """Return the GPU memory a config is expected to need (learned from its family), or 0."""
-        return self.learned.get(family_of(config), 0)
+        return self.view.learned.get(family_of(config), 0)
 
     def task_memory_now(self, task_id):
         """Return (bytes now, peak bytes) of a running GPU task, as last sampled."""
-        return self.task_memory.get(task_id), self.task_peak.get(task_id)
+        view = self.view
+        return view.task_memory.get(task_id), view.task_peak.get(task_id)
 
     def suggest_slots(self, need):
         """Return {gpu id: slots} that fit ``need`` bytes per task (plus the margin) on each GPU."""
@@ -1456,8 +1498,9 @@ class Engine:
             raise SlotrunError("a memory need is required to suggest slots: declare gpu_memory "
                                "in the configs or let a task of the family finish first")
         out = {}
+        usage = self.view.usage
         for dev in self.inventory.gpus():
-            if dev.id in self.limits:
+            if dev.id in usage:
                 out[dev.id] = max(0, int((dev.memory_total - self.margin) // need))
         return out
 
@@ -1496,12 +1539,15 @@ class Engine:
         self.paused = paused
         self.pause = {"auto": auto, "reason": reason, "by": by,
                       "since": time.time()} if paused else None
+        self._stale.add("pause")
+        self._publish_view()  # before the event: its listeners read the view
         self.publish("queue", self.queue_state())
 
     @property
     def pause_reason(self):
         """Return why the engine paused the queue itself, or None (running, or a user's pause)."""
-        return self.pause["reason"] if self.paused and self.pause else None
+        queue = self.view.queue
+        return queue.reason if queue.paused else None
 
     def _load_pause(self):
         value = self.store.get_state(PAUSE_KEY)
@@ -1544,9 +1590,45 @@ class Engine:
                     u["held"] = max(0, u.get("effective", u["slots"]) - u["running"])
                     u["waiting_task"] = h.task_id
             usage[d] = u
-        if force or usage != self._usage:
+        changed = force or usage != self._usage
+        if changed:
             self._usage = usage
+            self._stale.add("usage")
+        self._publish_view()  # before the event: its listeners read the view
+        if changed:
             self.publish("slots", usage)
+
+    def _publish_view(self):
+        """Publish a new view for readers when a part of it changed: the changed parts are
+        copied, the others shared with the view before (see app/engine_view.py)."""
+        stale = self._stale
+        if not stale:
+            return
+        view = self.view
+        parts = {}
+        if "devices" in stale:
+            parts.update(devices=tuple(self.devices), gpu_devices=tuple(self.gpu_devices),
+                         limits=dict(self.limits))
+        if "usage" in stale:
+            parts["usage"] = self._usage  # a new dict each time it changes
+        if "running" in stale:
+            old = view.running
+            parts["running"] = {t: _same_attempt(old.get(t), r) or r.record()
+                                for t, r in self.running.items()}
+        if "memory" in stale:
+            parts.update(task_memory=dict(self.task_memory), task_peak=dict(self.task_peak))
+        if "learned" in stale:
+            parts["learned"] = dict(self.learned)
+        if "holds" in stale:
+            parts["holds"] = self.holds  # a new dict each dispatch round
+        if "queue" in stale:
+            parts.update(queued=len(self.queued), wanted=dict(self._wanted))
+        if "pause" in stale:
+            p = self.pause if self.paused else None
+            parts["queue"] = QueueState(self.paused, bool(p and p["auto"]),
+                                        p["reason"] if p else None, p["since"] if p else None)
+        stale.clear()
+        self.view = replace(view, **parts)
 
     def _device_note(self, d, u):
         """Return (kind, sentence) saying what holds back starts on a device, or ("", "")."""
@@ -1624,6 +1706,11 @@ def _take_workspace_lock(workspace):
 def check_workspace_free(workspace):
     """Raise WorkspaceLocked when another engine holds the workspace (the lock is not kept)."""
     os.close(_take_workspace_lock(workspace))
+
+
+def _same_attempt(record, r):
+    """Return a published RunningTask when it is still the running attempt ``r``, else None."""
+    return record if record is not None and record.attempt_id == r.attempt_id else None
 
 
 def _stopped_state(reason):

@@ -164,12 +164,12 @@ def close_apps(apps):
         s = app.extensions["slotrun"]
         engine = s.runtime.engine
         if engine is not None:
-            for t in list(engine.running):
+            for t in list(engine.view.running):
                 try:
                     engine.cancel_task(t)
                 except Exception:  # noqa: BLE001 - it finished meanwhile
                     pass
-            wait_for(lambda: not engine.running, 15, message="tasks still running at teardown")
+            wait_for(lambda: not engine.view.running, 15, message="tasks still running at teardown")
         s.close()
 
 

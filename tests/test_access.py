@@ -189,9 +189,9 @@ def shared(workspace, monkeypatch):
     finally:
         engine = s.runtime.engine
         if engine is not None:
-            for t in list(engine.running):
+            for t in list(engine.view.running):
                 engine.cancel_task(t)
-            wait_for(lambda: not engine.running, 15)
+            wait_for(lambda: not engine.view.running, 15)
         s.close()
 
 

@@ -142,6 +142,42 @@ def test_lowering_a_limit_never_kills_and_holds_new_starts(workspace, monkeypatc
         eng.stop()
 
 
+def test_readers_get_immutable_views_swapped_by_the_scheduler(workspace, monkeypatch):
+    monkeypatch.setenv("SLOTRUN_SIM_TIME", "30")
+    eng, store = make_engine(workspace, cpu_slots=1)
+    try:
+        before = eng.view
+        assert before.queued == 0 and before.running == {} and before.devices == ("cpu",)
+        b = eng.submit(["configs/exp-1/exp-1-1.yaml", "configs/exp-1/exp-1-2.yaml"], "ann",
+                       use_gpu=False)
+        first, second = (t["id"] for t in b["tasks"])
+        wait_for(lambda: first in eng.view.running)
+        running = eng.view
+        # An earlier view is never changed: the scheduler published a new one.
+        assert before.running == {} and before.queued == 0 and before.usage["cpu"]["running"] == 0
+        r = running.running[first]
+        assert (r.task_id, r.batch_id, r.owner, r.device, r.slot) == (first, b["id"], "ann", "cpu", 0)
+        assert r.attempt_id == store.latest_attempt(first)["id"] and r.run_dir
+        assert running.queued == 1 and running.wanted == {("cpu",): 1}
+        assert running.usage["cpu"] == {"slots": 1, "running": 1} and eng.usage() is running.usage
+        with pytest.raises(AttributeError):
+            running.queued = 0  # frozen
+        # A command's caller sees what it changed as soon as the call returns.
+        eng.set_paused(True, who="ann")
+        assert eng.view.queue.paused and eng.queue_state()["paused"]
+        assert not running.queue.paused
+        eng.set_paused(False)
+        eng.cancel_task(second)
+        assert eng.view.queued == 0 and eng.view.wanted == {}
+        eng.set_slots("cpu", 2)
+        assert eng.view.limits["cpu"] == 2 and running.limits["cpu"] == 1
+        eng.cancel_task(first)
+        wait_for(lambda: not eng.view.running, timeout=10)
+        assert first in running.running  # still the moment it was published
+    finally:
+        eng.stop()
+
+
 def test_submit_validation(workspace, gpus):
     eng, store = make_engine(workspace)
     try:

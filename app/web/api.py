@@ -258,16 +258,16 @@ def status():
     summary = queue_payload(s)
     inv = s.runtime.inventory
     user = current_user()
-    queue = engine.queue_state()
+    view = engine.view
     return jsonify(
         counts=summary["counts"], total=summary["total"], batches=s.store.count_batches(),
-        paused=engine.paused, queue=engine.queue_state(), slots=summary["slots"], user=user["name"], role=user["role"],
+        paused=view.queue.paused, queue=view.queue.as_dict(), slots=summary["slots"], user=user["name"], role=user["role"],
         auth=s.auth, server_time=time.time(),
         engine={
             "running": s.runtime.engine is not None, "pid": os.getpid(),
             "started_at": s.runtime.started_at, "executor": s.settings.get("executor", "local"),
             "node": engine.node, "workspace": os.path.basename(s.settings["workspace"]),
-            "devices": list(engine.usage()), "gpus": len(engine.gpu_devices),
+            "devices": list(view.usage), "gpus": len(view.gpu_devices),
             "simulated": bool(getattr(inv, "simulated", False)),
             "inventory": getattr(inv, "source", "none"),
             "inventory_error": getattr(inv, "error", "") or None, "version": VERSION,

@@ -515,7 +515,7 @@ class LogPusher:
 
     def _push_memory(self, engine, room):
         """Send a followed task's GPU memory (now, peak) when the engine's sample changed."""
-        if room.task_id not in engine.running:
+        if room.task_id not in engine.view.running:
             return
         memory = engine.task_memory_now(room.task_id)
         if memory == room.memory or memory == (None, None):

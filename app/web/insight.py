@@ -116,18 +116,6 @@ def _copy(mapping):
     return {}
 
 
-def _running(engine):
-    """Return the engine's running tasks (a copy; the scheduler thread changes the dict)."""
-    if engine is None:
-        return []
-    for _ in range(5):
-        try:
-            return list(engine.running.values())
-        except RuntimeError:
-            continue
-    return []
-
-
 # -- progress ----------------------------------------------------------------------------------------
 
 def compile_progress(pattern):
@@ -236,8 +224,9 @@ class Sampler:
         engine = self.slotrun.runtime.engine
         figures = self.slotrun.device_figures(max_age=self.interval / 2)
         tasks, memory = {}, {}
-        held = _copy(engine.task_memory) if engine is not None else {}
-        for r in _running(engine):
+        view = engine.view if engine is not None else None
+        held = view.task_memory if view is not None else {}
+        for r in (view.running.values() if view is not None else ()):
             tasks.setdefault(r.device, []).append(r.task_id)
             nbytes = held.get(r.task_id)
             if nbytes is not None:
@@ -250,14 +239,15 @@ class Sampler:
         """Read the running tasks' new log ends; send changed progress to the browsers."""
         if self.pattern is None:
             return
-        running = _running(self.slotrun.runtime.engine)
+        engine = self.slotrun.runtime.engine
+        running = list(engine.view.running.values()) if engine is not None else []
         alive = {r.task_id for r in running}
         for tid in [t for t in self.progress if t not in alive]:
             del self.progress[tid]
         changed = []
         lines = {}
         for r in running:
-            run_dir = getattr(r.handle, "run_dir", "")
+            run_dir = r.run_dir
             if not run_dir:
                 continue
             path = os.path.join(run_dir, LOG_NAME)
@@ -358,7 +348,7 @@ def _config_path(config):
 
 
 def _families_known(engine):
-    return _copy(engine.learned)
+    return engine.view.learned
 
 
 # -- routes: devices -----------------------------------------------------------------------------
@@ -377,7 +367,7 @@ def devices_history():
 # -- routes: batches -------------------------------------------------------------------------------
 
 def _device_order(engine):
-    order = {d: i for i, d in enumerate(getattr(engine, "devices", []) or [])}
+    order = {d: i for i, d in enumerate(engine.view.devices if engine is not None else ())}
     return lambda key: (order.get(key[0], len(order)), key[0], key[1])
 
 
@@ -549,7 +539,7 @@ def memory_predict():
         source = "declared" if declared else "learned" if got is not None else None
         fams.append({"family": fam, "configs": len(configs), "declared": declared or None,
                      "learned": got, "need": need, "source": source})
-    view = engine.admission_view() if fams and engine.gpu_devices else {}
+    view = engine.admission_view() if fams and engine.view.gpu_devices else {}
     for f in fams:
         f["fit"], f["note"] = _admission_note(engine, view, f)
     return jsonify(pattern=pattern, families=fams, sampled=sampled)

@@ -36,9 +36,9 @@ def slot_summary(engine, usage=None):
     if engine is None:
         return {"used": 0, "total": 0, "free": 0, "waiting": 0, "usable": 0, "usable_used": 0,
                 "usable_free": 0}
-    usage = engine.usage() if usage is None else usage
-    waiting = _copy_values(engine.queued)
-    wanted = {q.pending.devices for q in waiting}
+    view = engine.view
+    usage = view.usage if usage is None else usage
+    wanted = view.wanted
     gpus = [d for d in usage if device_kind(d) != CPU]
     cpus = [d for d in usage if device_kind(d) == CPU]
     usable = set()
@@ -58,15 +58,5 @@ def slot_summary(engine, usage=None):
             usable_total += limit
             usable_used += running
             usable_free += open_here
-    return {"used": used, "total": total, "free": free, "waiting": len(waiting),
+    return {"used": used, "total": total, "free": free, "waiting": view.queued,
             "usable": usable_total, "usable_used": usable_used, "usable_free": usable_free}
-
-
-def _copy_values(mapping):
-    """Return the values of a dict the engine's thread may be changing."""
-    for _ in range(5):
-        try:
-            return list(mapping.values())
-        except RuntimeError:  # changed size during the copy: try again
-            continue
-    return []
