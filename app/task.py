@@ -158,6 +158,9 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
     # Free slots and memory only shrink during one call: a (devices, need) that fit nowhere
     # once fits nowhere for the rest of it, so a long queue of like tasks is scanned cheaply.
     unfit = set()
+    # Device lists none of whose devices could take even a task of no need: every later task
+    # with one of them is skipped at once (it could neither start nor add a hold; see below).
+    dead = set()
     seen = {} if holds is not None else None
     busy = set(busy)
     placements = []
@@ -175,9 +178,9 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
         chosen = None
         for idx in range(cursor[owner], len(q)):
             p = q[idx]
-            if p.id in taken or (p.config and p.config in busy):
+            if p.devices in dead or p.id in taken or (p.config and p.config in busy):
                 continue
-            need = need_of(p, learned)
+            need = p.memory or (learned.get(p.family) if learned else None)  # need_of, inline
             sig = (p.devices, need)
             if sig in unfit:
                 continue
@@ -192,6 +195,11 @@ def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, an
                 for d in allowed:
                     if free.get(d, 0) > 0 and d not in seen:
                         seen[d] = Hold(d, p.id, need, avail.get(d), blocked.get(d, ""))
+            if not any(fits(d, 0) for d in allowed):
+                # Free slots and memory only shrink and blocks only grow during one call, so
+                # no later task with this device list fits; and this one already left its
+                # hold on each of its devices with a free slot.
+                dead.add(p.devices)
         if chosen is None:
             del cursor[owner]  # nothing of this owner's fits anywhere now
             continue

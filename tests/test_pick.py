@@ -109,6 +109,26 @@ def test_blocked_device_and_staggered_unknown_needs():
     assert len(out) == 4
 
 
+def test_a_long_queue_that_fits_nowhere_keeps_its_holds_and_a_later_task_that_fits_starts():
+    # Both GPUs' memory is full: 5,000 GPU tasks wait, each owner's first one leaves the
+    # holds; the GPU task of another device list behind them, and the CPU task, still start.
+    ann = [Pending(i, "ann", ("gpu*",), seq=i, config=f"a{i}") for i in range(5000)]
+    ann.append(Pending(9000, "ann", ("gpu0", "cpu"), seq=9000, config="late"))
+    bob = [Pending(10000 + i, "bob", ("gpu1",), seq=10000 + i) for i in range(3)]
+    d = {"gpu0": DeviceState("gpu0", 4, 1, free_memory=GIB // 4),
+         "gpu1": DeviceState("gpu1", 4, 1, free_memory=GIB // 4),
+         "cpu": DeviceState("cpu", 1, 0)}
+    holds = {}
+    out = pick_next(ann + bob, d, memory_margin=GIB // 2, holds=holds)
+    assert [(p.task_id, p.device) for p in out] == [(9000, "cpu")]
+    assert holds == {"gpu0": Hold("gpu0", 0, None, GIB // 4),
+                     "gpu1": Hold("gpu1", 0, None, GIB // 4)}
+    # A task whose config runs is passed over without taking the hold from the one behind it.
+    holds = {}
+    out = pick_next(ann + bob, d, memory_margin=GIB // 2, holds=holds, busy={"a0"})
+    assert holds["gpu0"] == Hold("gpu0", 1, None, GIB // 4)
+
+
 # -- properties ---------------------------------------------------------------------------
 
 DEVICE_IDS = ["gpu0", "gpu1", "gpu2", "cpu"]
