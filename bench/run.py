@@ -33,8 +33,9 @@ LOCAL_TOOLS = ["xargs", "slotrun-gpu", "slotrun", "simple_gpu_scheduler", "task-
 # slotrun with its workspace on tmpfs: a diagnostic row where per-task file creation dominates
 TMPFS_WORKLOADS = ("w1", "gap")
 ONLY_ON = {"slotrun-tmpfs": TMPFS_WORKLOADS, "slotrun-gpu-tmpfs": TMPFS_WORKLOADS}
-# A smoke run checks the scripts, not the figures: GPU mode on two workloads is enough there.
-SMOKE_ONLY_ON = {"slotrun-gpu": ("w1", "gap"), "slotrun-tmpfs": (), "slotrun-gpu-tmpfs": ()}
+# A smoke run checks the scripts, not the figures: each mode on two workloads is enough there.
+SMOKE_ONLY_ON = {"slotrun-gpu": ("w1", "gap"), "slotrun": ("w2", "w3"), "slotrun-tmpfs": (),
+                 "slotrun-gpu-tmpfs": ()}
 ALL_TOOLS = LOCAL_TOOLS + ["Ray"]
 JOB_WORKLOADS = ["w1", "w2", "w3", "gap"]
 SERVER_WORKLOADS = ["server", "logflood", "clients", "submits", "memory"]
@@ -93,8 +94,11 @@ def _slug(text):
 
 # -- running ----------------------------------------------------------------------------------
 
-def run_job(job, tools, repeat, out_dir, keep):
-    """Run one job with every tool, ``repeat`` times (rotating the order); return the runs."""
+def run_job(job, tools, repeat, out_dir, keep, settle=0.2):
+    """Run one job with every tool, ``repeat`` times (rotating the order); return the runs.
+
+    ``settle``: seconds to wait after each run, for stragglers (daemons, reaped children).
+    """
     res = {t: {"runs": []} for t in tools}
     floor = {"runs": []} if job.stamps else None
     used = []
@@ -122,7 +126,7 @@ def run_job(job, tools, repeat, out_dir, keep):
                 log(f"{job.workload} {tool} failed: {res[tool]['error']}")
             finally:
                 used.append(run_dir)
-            time.sleep(0.2)  # let stragglers (daemons, reaped children) settle
+            time.sleep(settle)
         if floor is not None:
             fjob = job
             run_dir = scratch(out_dir, f"{job.workload}-floor")
@@ -259,15 +263,17 @@ def main(argv=None):
         only = {**ONLY_ON, **SMOKE_ONLY_ON} if args.smoke else ONLY_ON
         tools = [t for t in all_tools if wl in only.get(t, (wl,))]
         log(f"{wl}: {len(job.params)} tasks on {job.slots} slots, tools: {', '.join(tools)}")
-        res, floor = run_job(job, tools, args.repeat, args.out, args.keep)
+        res, floor = run_job(job, tools, args.repeat, args.out, args.keep,
+                             settle=0.02 if args.smoke else 0.2)
         entry = {"tasks": len(job.params), "slots": job.slots, "tools": res}
         if floor is not None:
             entry["floor"] = floor
         if job.durations:
             entry["sum_durations"] = sum(job.durations)
         results["workloads"][wl] = entry
-        if "error" in res.get("slotrun", {}):
-            broken.append(f"{wl}: slotrun: {res['slotrun']['error']}")
+        for mode in ("slotrun-gpu", "slotrun"):
+            if "error" in res.get(mode, {}):
+                broken.append(f"{wl}: {mode}: {res[mode]['error']}")
     if jobs and want_ray and baselines.get("Ray", {}).get("available"):
         log("Ray: one local cluster for every job")
         try:

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -122,8 +123,18 @@ def run_tsp(job, run_dir):
     job has ended, and ``tsp -w`` waits for it. Each task's output goes to its own file,
     task-spooler's default.
     """
-    env = clean_env(TS_SOCKET=os.path.join(run_dir, "ts.sock"), TMPDIR=run_dir,
+    # The server's socket in a short folder of its own: a Unix socket's path has at most 107
+    # bytes, and run folders under pytest's temporary folders can be longer.
+    sock_dir = tempfile.mkdtemp(prefix="tsp-")
+    env = clean_env(TS_SOCKET=os.path.join(sock_dir, "ts.sock"), TMPDIR=run_dir,
                     TS_SLOTS=str(job.slots), TS_MAXFINISHED=str(len(job.params) + 10))
+    try:
+        return _run_tsp(job, run_dir, env)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _run_tsp(job, run_dir, env):
     subprocess.run(["tsp", "-S", str(job.slots)], env=env, check=True, capture_output=True)
     script = os.path.join(run_dir, "queue.sh")
     with open(script, "w", encoding="utf-8") as f:

@@ -12,28 +12,28 @@ SEED = 5  # W2 and the slot-gap durations are drawn from this seed, identical fo
 
 def w1_job(smoke):
     """W1 dispatch: 1,000 tasks of `true` on 8 slots."""
-    n = 40 if smoke else 1000
+    n = 16 if smoke else 1000
     return Job("w1", ["true"], [f"t{i:04d}" for i in range(n)], 8)
 
 
 def w2_job(smoke):
     """W2 utilisation: 160 tasks sleeping 0.05-0.40 s (seeded) on 8 slots."""
     rng = random.Random(SEED)
-    n, lo, hi = (24, 0.02, 0.08) if smoke else (160, 0.05, 0.40)
+    n, lo, hi = (16, 0.02, 0.06) if smoke else (160, 0.05, 0.40)
     durations = [round(rng.uniform(lo, hi), 3) for _ in range(n)]
     return Job("w2", ["sleep"], [f"{d:.3f}" for d in durations], 8, durations=durations)
 
 
 def w3_job(smoke):
     """W3 Python tasks: 120 runs of a small Python program on 4 slots."""
-    n = 8 if smoke else 120
+    n = 4 if smoke else 120
     return Job("w3", [PY, os.path.join(TASKS, "small_task.py")], [str(i) for i in range(n)], 4)
 
 
 def gap_job(smoke):
     """Slot gap: tasks that stamp their own start and end, 4 slots."""
     rng = random.Random(SEED + 1)
-    n = 24 if smoke else 200
+    n = 12 if smoke else 200
     durations = [round(rng.uniform(0.02, 0.06), 3) for _ in range(n)]
     return Job("gap", [PY, "-I", "-S", os.path.join(TASKS, "stamp.py"), STAMPS],
                [f"{d:.3f}" for d in durations], 4, durations=durations, stamps=True)
