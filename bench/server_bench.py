@@ -221,6 +221,9 @@ def idle_cpu(server, seconds):
 
 # -- Socket.IO clients ----------------------------------------------------------------------------
 
+_STATE_RANK = {"queued": 0, "running": 1}  # every other state is final: 2
+
+
 class Client:
     """One Socket.IO client (websocket transport) that records what the server pushes and,
     as the dashboard does, re-fetches the tasks over HTTP on a "tasks" notice or a reconnect."""
@@ -232,6 +235,8 @@ class Client:
         self.headers = headers or {}
         self.sio = socketio.Client(reconnection=True, reconnection_delay=0.2)
         self.states = {}  # task id -> last state pushed (or re-fetched)
+        self.pushed = {}  # task id -> (attempts, rank of the state) of the latest push applied
+        self.reordered = 0  # pushes applied after a later one of the same task (kept out)
         self.notices = 0  # "tasks" notices (a burst coalesced, or fell behind: re-fetch)
         self.refetches = 0  # re-fetches done (after a notice or a reconnect)
         self.messages = 0  # task_list messages received
@@ -266,13 +271,25 @@ class Client:
 
     def _task(self, data):
         with self.lock:
-            self.states[data.get("id")] = data.get("state")
+            self._apply(data)
 
     def _task_list(self, data):
         with self.lock:
             self.messages += 1
             for t in data.get("tasks", ()):
-                self.states[t.get("id")] = t.get("state")
+                self._apply(t)
+
+    def _apply(self, t):
+        # python-socketio runs each message's handler on a thread of its own, so two lists
+        # sent in order may be applied out of order here (a browser applies them in order):
+        # a push never takes a task back to an earlier state of the same attempt.
+        tid = t.get("id")
+        key = (t.get("attempts") or 0, _STATE_RANK.get(t.get("state"), 2))
+        if tid not in self.pushed or key >= self.pushed[tid]:
+            self.pushed[tid] = key
+            self.states[tid] = t.get("state")
+        else:
+            self.reordered += 1
 
     def _tasks(self, data):
         with self.lock:
@@ -294,7 +311,7 @@ class Client:
                     got = http.get(f"{self.url}/api/v1/tasks?batch={self.batch}&per_page=1000"
                                    f"&page={page}", headers=self.headers, timeout=30).json()
                     for t in got["tasks"]:
-                        states[t["id"]] = t["state"]
+                        states[t["id"]] = t
                     if page >= got.get("pages", 1):
                         break
                     page += 1
@@ -302,7 +319,9 @@ class Client:
                 continue
             with self.lock:
                 self.refetches += 1
-                self.states.update(states)
+                for tid, t in states.items():
+                    self.states[tid] = t["state"]
+                    self.pushed[tid] = (t.get("attempts") or 0, _STATE_RANK.get(t["state"], 2))
 
     def _logmsg(self, data):
         text = data.get("data") or ""
@@ -645,6 +664,7 @@ def client_group_main(url, k):
             missing = sum(1 for t, st in final.items() if c.states.get(t) != st)
             got = c.log_text.get(tid)
             report.append({"missing": missing, "notices": c.notices, "refetches": c.refetches,
+                           "reordered": c.reordered,
                            "messages": c.messages, "disconnects": c.disconnects,
                            "log_ok": name in (got or ""), "task": tid,
                            "log_received": None if got is None else got[-80:],
@@ -722,6 +742,7 @@ def socketio_clients(smoke, out_dir):
                                                            if x["missing"] == 0)
                 res["clients_needing_refetch"] = sum(1 for x in reports if x["refetches"])
                 res["task_messages_per_client"] = median([x["messages"] for x in reports])
+                res["pushes_handled_out_of_order"] = sum(x.get("reordered", 0) for x in reports)
                 res["missing_per_client"] = [x["missing"] for x in reports if x["missing"]]
                 res["max_missing_per_client"] = max(x["missing"] for x in reports)
                 res["follow_failed"] = follow_failed
@@ -965,6 +986,8 @@ def render(name, e):
               f"| followers that got their task's log line | – | "
               f"{w.get('followers_with_their_log')} of {e['clients']} |",
               f"| clients disconnected during the run | – | {w.get('disconnected_clients')} |",
+              f"| pushes the client library handled out of order (kept out) | – | "
+              f"{w.get('pushes_handled_out_of_order', '–')} |",
               ""]
         if w.get("followers_without_their_log"):
             L += ["Followers that did not get their task's log line within 15 s of the batch's "
