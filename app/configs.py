@@ -21,10 +21,10 @@ def all_configs(workspace, configs_dir="configs"):
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = os.path.relpath(dirpath, workspace).replace(os.sep, "/")  # once per folder
         for name in filenames:
             if name.endswith(".yaml") and not is_base(name) and not name.startswith("."):
-                rel = os.path.relpath(os.path.join(dirpath, name), workspace)
-                found.append(rel.replace(os.sep, "/"))
+                found.append(f"{folder}/{name}")
     found.sort()
     return found
 

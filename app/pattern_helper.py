@@ -123,13 +123,20 @@ class _PatternWorker:
 
 
 class _PatternMatcher:
-    """A few idle helper processes; one is killed (and replaced) when a pattern overruns."""
+    """A few helper processes; one is killed (and replaced) when a pattern overruns.
+
+    At most ``MAX_WORKERS`` helpers match at once: a burst of submits waits for a helper to
+    be free instead of starting a process each (a process start costs more than a match).
+    """
 
     MAX_IDLE = 2
+    MAX_WORKERS = 4
+    WAIT_MAX = 10.0  # seconds a request may wait for a free helper before it is refused
 
     def __init__(self):
         self._idle = []
-        self._lock = threading.Lock()
+        self._out = 0  # helpers matching, or starting
+        self._cond = threading.Condition()
 
     def match(self, request, seconds):
         """Return the matching configs, or raise the error the helper reported."""
@@ -137,14 +144,14 @@ class _PatternMatcher:
         try:
             answer = worker.ask(request, time.monotonic() + seconds)
         except _Overrun:
-            worker.kill()
+            self._drop(worker)
             self.warm()  # the next preview should not pay for a new process
             raise SlotrunError(
                 f"pattern {request['pattern']!r} took longer than {request['timeout']:g} s to "
                 "match the config names; simplify it (avoid nested repetition such as "
                 "(a|aa)+)") from None
         except (OSError, ValueError):
-            worker.kill()
+            self._drop(worker)
             log.exception("the pattern helper failed")
             raise SlotrunError("internal error: matching the pattern failed; the details are "
                                "in the server's log", status=500) from None
@@ -155,38 +162,71 @@ class _PatternMatcher:
 
     def warm(self):
         """Start an idle helper in the background (if none is waiting)."""
-        with self._lock:
-            if self._idle:
+        with self._cond:
+            if self._idle or self._out >= self.MAX_WORKERS:
                 return
+            self._out += 1
 
         def start():
             """Start one helper and keep it idle."""
             try:
-                self._give_back(_PatternWorker())
+                worker = _PatternWorker()
             except OSError:
+                self._drop(None)
                 log.exception("starting the pattern helper failed")
+                return
+            self._give_back(worker)
 
         threading.Thread(target=start, name="slotrun-pattern-helper", daemon=True).start()
 
     def _take(self):
-        with self._lock:
-            while self._idle:
-                worker = self._idle.pop()
-                if worker.alive():
-                    return worker
-                worker.kill()
-        return _PatternWorker()
+        deadline = time.monotonic() + self.WAIT_MAX
+        with self._cond:
+            while True:
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.alive():
+                        self._out += 1
+                        return worker
+                    worker.kill()
+                if self._out < self.MAX_WORKERS:
+                    self._out += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SlotrunError(
+                        f"the server is busy matching {self._out} other patterns; try again "
+                        "in a moment", status=503)
+                self._cond.wait(left)
+        try:
+            return _PatternWorker()
+        except BaseException:
+            self._drop(None)
+            raise
 
     def _give_back(self, worker):
-        with self._lock:
-            if len(self._idle) < self.MAX_IDLE and worker.alive():
+        with self._cond:
+            self._out -= 1
+            if worker.alive() and len(self._idle) < self.MAX_WORKERS \
+                    and (len(self._idle) < self.MAX_IDLE or self._out > 0):
+                # Kept while others are matching: a request may be waiting for it.
                 self._idle.append(worker)
+                self._cond.notify()
                 return
+            self._cond.notify()
         worker.kill()
+
+    def _drop(self, worker):
+        """Forget a helper that failed or overran (killed here), or never started."""
+        if worker is not None:
+            worker.kill()
+        with self._cond:
+            self._out -= 1
+            self._cond.notify()
 
     def close(self):
         """Stop every idle helper."""
-        with self._lock:
+        with self._cond:
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.kill()
