@@ -3,7 +3,7 @@ and the report is written.
 
 The default test runs the job workloads (W1-W3, the slot gap) with every local tool and the
 sample model's start-up. The rest (the Ray cluster, the py-spy profile and the server
-workloads, each starting a cluster or a server) takes about a minute more: it runs when
+workloads, each starting a cluster or a server) takes about 25 s more: it runs when
 BENCH_SMOKE_ALL=1 is set (``BENCH_SMOKE_ALL=1 python3 -m pytest tests/test_bench_smoke.py``).
 """
 
@@ -63,7 +63,7 @@ def test_bench_smoke_every_tool_and_mode_runs_and_the_report_is_written(tmp_path
 
 
 @pytest.mark.skipif(not os.environ.get("BENCH_SMOKE_ALL"),
-                    reason="about a minute: set BENCH_SMOKE_ALL=1 to run Ray, the profile and "
+                    reason="about 25 s: set BENCH_SMOKE_ALL=1 to run Ray, the profile and "
                            "the server workloads at smoke sizes")
 @pytest.mark.timeout(400)
 def test_bench_smoke_ray_profile_and_server_workloads(tmp_path):
