@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import SlotrunError
 from .settings import parse_size
@@ -149,6 +150,13 @@ def _by_pid(devices, watched):
     return usage
 
 
+class Ended(NamedTuple):
+    """A task that ended since the latest reading began: where, and when (monotonic)."""
+
+    device: str
+    when: float
+
+
 class MemoryLedger:
     """The engine's view of GPU memory between two readings (scheduler thread only).
 
@@ -162,7 +170,7 @@ class MemoryLedger:
         self.free = {}  # device -> bytes free in the latest reading
         self.usage = {}  # task id -> bytes in the latest reading
         self.errors = {}  # device -> why it could not be read in the latest reading
-        self._ended = {}  # task id -> (device, when) of the tasks ended since it began
+        self._ended = {}  # task id -> Ended, of the tasks ended since it began
         self._credit = {}  # device -> bytes the latest reading counts for tasks now ended
 
     def observe(self, sample):
@@ -172,16 +180,16 @@ class MemoryLedger:
         self.usage = dict(sample.usage)
         self.errors = dict(sample.errors)
         # A task that ended after the reading began may still be counted in it.
-        self._ended = {t: v for t, v in self._ended.items() if v[1] >= sample.when}
+        self._ended = {t: e for t, e in self._ended.items() if e.when >= sample.when}
         self._credit = {}
-        for t, (d, _) in self._ended.items():
+        for t, e in self._ended.items():
             n = self.usage.pop(t, 0)
             if n:
-                self._credit[d] = self._credit.get(d, 0) + n
+                self._credit[e.device] = self._credit.get(e.device, 0) + n
 
     def ended(self, task_id, device, when):
         """Note that a task's processes are gone (its memory is free again)."""
-        self._ended[task_id] = (device, when)
+        self._ended[task_id] = Ended(device, when)
         n = self.usage.pop(task_id, 0)
         if n:
             self._credit[device] = self._credit.get(device, 0) + n

@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from . import configs as configs_mod
 from . import snapshots
@@ -178,6 +179,65 @@ class Fault:
     retry_at: float = 0.0
 
 
+# -- what other threads put on the scheduler's queue ----------------------------------------------
+
+class Call(NamedTuple):
+    """Run ``fn(*args)`` on the scheduler thread; its result or error goes to ``future``."""
+
+    fn: object
+    args: tuple
+    future: Future
+
+
+class Exited(NamedTuple):
+    """A task's process ended (``code`` None: unknown, the process was lost)."""
+
+    handle: object
+    code: int | None
+
+
+class StopRequest(NamedTuple):
+    """Stop the engine (``kill``: its running tasks too, queued ones ended with ``reason``)."""
+
+    kill: bool
+    reason: str | None
+
+
+class Reading(NamedTuple):
+    """A GPU memory reading of the monitor thread."""
+
+    sample: object
+
+
+class NodeLost(NamedTuple):
+    """The executor took a node out of placement (an ``ExecutorUnavailable``)."""
+
+    error: object
+
+
+class Stopping(NamedTuple):
+    """A stop under way: whether it kills the tasks, and since when (monotonic)."""
+
+    kill: bool
+    since: float
+
+
+@dataclass(frozen=True)
+class End:
+    """How one attempt ended, as it is written down."""
+
+    attempt_id: int
+    task_id: int
+    config: str
+    batch_id: int
+    state: str
+    code: int | None
+    message: str | None
+    when: float  # the end's wall-clock time
+    peak: int | None = None  # peak GPU bytes read while it ran (None: never read)
+    requeue: str | None = None  # "back" / "front": queued again automatically, and where
+
+
 FAULT_BACKOFF_MAX = 5.0  # seconds between retries of a failing step, at most
 ADOPT_CHUNK = 2000  # tasks of a new batch taken into the queue per scheduler command
 
@@ -317,8 +377,7 @@ class Engine:
             return
         if timeout is None:
             timeout = float(self.settings["kill_grace"]) + 10
-        done = Future()
-        self._q.put(("stop", kill_tasks, done, reason))
+        self._q.put(StopRequest(kill_tasks, reason))
         self._stopped.wait(timeout)
         self._thread.join(timeout=1)
         if self.monitor is not None:
@@ -354,7 +413,7 @@ class Engine:
         if self._thread is None or self._stopping is not None:
             fut.set_exception(Conflict("the engine is not running"))
             return fut
-        self._q.put(("call", fn, args, fut))
+        self._q.put(Call(fn, args, fut))
         return fut
 
     def call(self, fn, *args, timeout=60):
@@ -571,8 +630,8 @@ class Engine:
         if self._kick:
             return 0
         if self._stopping is not None:
-            kill, since = self._stopping
-            return max(0.0, since + float(self.settings["kill_grace"]) + 5 - time.monotonic())
+            return max(0.0, self._stopping.since + float(self.settings["kill_grace"]) + 5
+                       - time.monotonic())
         if self._fault is not None:
             return max(0.0, self._fault.retry_at - time.monotonic())
         if self._writes:
@@ -635,11 +694,10 @@ class Engine:
         return f"{doing}: {text}" if doing else text
 
     def _handle(self, item):
-        kind = item[0]
-        if kind == "exit":
-            self._on_exit(item[1], item[2])
-        elif kind == "call":
-            _, fn, args, fut = item
+        if isinstance(item, Exited):
+            self._on_exit(item.handle, item.code)
+        elif isinstance(item, Call):
+            fut = item.future
             if not fut.set_running_or_notify_cancel():
                 return
             if self._fault is None:
@@ -648,7 +706,7 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - retried by the loop; the command goes on
                     self._on_fault(e)
             try:
-                result, error = fn(*args), None
+                result, error = item.fn(*item.args), None
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
                 result, error = None, e
             self._publish_view()  # the caller then reads what its command changed
@@ -656,22 +714,21 @@ class Engine:
                 fut.set_result(result)
             else:
                 fut.set_exception(error)
-        elif kind == "stop":
-            _, kill, done, reason = item
+        elif isinstance(item, StopRequest):
             if self._stopping is None:
-                self._stopping = (kill, time.monotonic())
-                if kill:
-                    self._interrupt_own(reason or "not started: the engine was stopped")
-        elif kind == "memory":
-            self._observe(item[1])
-        elif kind == "unavailable":
-            self._take_out(item[1])
+                self._stopping = Stopping(item.kill, time.monotonic())
+                if item.kill:
+                    self._interrupt_own(item.reason or "not started: the engine was stopped")
+        elif isinstance(item, Reading):
+            self._observe(item.sample)
+        elif isinstance(item, NodeLost):
+            self._take_out(item.error)
 
     def _finish_stop(self):
-        kill, since = self._stopping
-        if kill and any(r.stop_reason for r in self.running.values()):
+        stopping = self._stopping
+        if stopping.kill and any(r.stop_reason for r in self.running.values()):
             grace = float(self.settings["kill_grace"]) + 5
-            if time.monotonic() - since < grace:
+            if time.monotonic() - stopping.since < grace:
                 return False  # wait for the stopped tasks' exits (they wake this thread)
         try:
             self._flush_writes()
@@ -682,10 +739,10 @@ class Engine:
         return True
 
     def _exited(self, handle, code):
-        self._q.put(("exit", handle, code))
+        self._q.put(Exited(handle, code))
 
     def _memory_sample(self, sample):
-        self._q.put(("memory", sample))
+        self._q.put(Reading(sample))
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -730,8 +787,9 @@ class Engine:
             if requeue:
                 message += f"; requeued (retry {rec.get('number') or 1} of {batch.max_retries})"
             finished = exit_time(run_dir) or time.time()
-            self._owe(self._end_write(rec["id"], rec["task_id"], rec["config"], rec["batch_id"],
-                                      state, code, message, finished, None, requeue))
+            self._owe(self._end_write(End(rec["id"], rec["task_id"], rec["config"],
+                                          rec["batch_id"], state, code, message, finished,
+                                          requeue=requeue)))
         orphans = self._end_orphaned_headless()
         if not self.only_own:
             # a headless run starts only what it submits; other queued work waits
@@ -1069,8 +1127,8 @@ class Engine:
                 e.slotrun_doing = f"could not start task {task_id}"
                 raise
         if handle is None:
-            self._owe(self._end_write(attempt_id, task_id, config, item.batch_id, FAILED, None,
-                                      error, time.time(), None, None))
+            self._owe(self._end_write(End(attempt_id, task_id, config, item.batch_id, FAILED,
+                                          None, error, time.time())))
             return 0
         p = item.pending
         r = self.running[task_id] = Running(task_id, attempt_id, item.batch_id, p.owner, device,
@@ -1126,15 +1184,16 @@ class Engine:
 
     def _unavailable(self, exc):
         """Hear from the executor (any thread) that a node was taken out."""
-        self._q.put(("unavailable", exc))
+        self._q.put(NodeLost(exc))
 
     def _start_unreachable(self, item, attempt_id, exc):
         task_id = item.pending.id
         self._take_out(exc)
         # The interrupted attempt and the requeue at the front: one durable step.
-        self._owe(self._end_write(attempt_id, task_id, item.config, item.batch_id, INTERRUPTED,
-                                  None, f"{exc}; the task went back to the queue", time.time(),
-                                  None, "front"))
+        self._owe(self._end_write(End(attempt_id, task_id, item.config, item.batch_id,
+                                      INTERRUPTED, None,
+                                      f"{exc}; the task went back to the queue", time.time(),
+                                      requeue="front")))
 
     def _take_out(self, exc):
         """Remove an unreachable node's devices from placement (its limits are kept)."""
@@ -1196,8 +1255,8 @@ class Engine:
                           r.task_id)
             state, message = self._outcome(code, None) if r.stop_reason != "cancel" else (
                 CANCELLED, "cancelled while running")
-            self._owe(self._end_write(r.attempt_id, r.task_id, r.config, r.batch_id, state,
-                                      code, message, time.time(), None, None))
+            self._owe(self._end_write(End(r.attempt_id, r.task_id, r.config, r.batch_id, state,
+                                          code, message, time.time())))
 
     def _record_exit(self, r, handle, code):
         if handle.pid in self._groups:
@@ -1265,30 +1324,30 @@ class Engine:
             # off the path from one task's exit to the next one's start.
             self._emit(dict(r.row, state=state, exit_code=code, message=message,
                             finished_at=now, duration=now - r.started_at))
-        self._owe(self._end_write(r.attempt_id, r.task_id, r.config, r.batch_id, state, code,
-                                  message, now, peak, requeue, publish=r.row is None or requeue))
+        self._owe(self._end_write(End(r.attempt_id, r.task_id, r.config, r.batch_id, state, code,
+                                      message, now, peak, requeue),
+                                  publish=r.row is None or requeue))
 
-    def _end_write(self, attempt_id, task_id, config, batch_id, state, code, message, when, peak,
-                   requeue, publish=True):
-        """Return the Write of an attempt's end (with its automatic requeue, if any)."""
+    def _end_write(self, end, publish=True):
+        """Return the Write of an attempt's ``End`` (with its automatic requeue, if any)."""
         def apply():
-            if state == SUCCEEDED:
+            if end.state == SUCCEEDED:
                 # The marker first: a crash after it re-reads the same end from the exit
                 # file, never re-runs the config.
-                self._mark_done(config)
-            self.store.finish_attempt(attempt_id, task_id, state, code, message, when, peak,
-                                      requeue=requeue)
+                self._mark_done(end.config)
+            self.store.finish_attempt(end.attempt_id, end.task_id, end.state, end.code,
+                                      end.message, end.when, end.peak, requeue=end.requeue)
 
         def then():
-            if state == SUCCEEDED:
-                self.completed_by[config] = {"id": task_id, "batch_id": batch_id}
-            if requeue:
-                self._requeued(task_id)
+            if end.state == SUCCEEDED:
+                self.completed_by[end.config] = {"id": end.task_id, "batch_id": end.batch_id}
+            if end.requeue:
+                self._requeued(end.task_id)
             elif publish:
-                self._emit_task(task_id)
+                self._emit_task(end.task_id)
 
-        return Write(apply, f"record the end of task {task_id}", then=then, batch_id=batch_id,
-                     config=config, task_id=task_id)
+        return Write(apply, f"record the end of task {end.task_id}", then=then,
+                     batch_id=end.batch_id, config=end.config, task_id=end.task_id)
 
     def _mark_done(self, config):
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,18 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 _libc = None
 _BOOT_ID = None
-# Per process (a fork inherits neither the kernel's flag nor the children file): (pid, value).
-_subreaper = (0, False)
-_children = (0, None)
+
+
+# Per process (a fork inherits neither the kernel's flag nor the children file).
+class _PerProcess(NamedTuple):
+    """A fact of one process, cached: a forked child asks again (its pid differs)."""
+
+    pid: int
+    value: object
+
+
+_subreaper = _PerProcess(0, False)
+_children = _PerProcess(0, None)  # value: an open descriptor of /proc/<pid>/.../children
 _children_lock = threading.Lock()
 
 
@@ -128,7 +138,7 @@ def become_subreaper():
             return False
     except (OSError, AttributeError):  # not Linux: no prctl
         return False
-    _subreaper = (os.getpid(), True)
+    _subreaper = _PerProcess(os.getpid(), True)
     return True
 
 
@@ -136,14 +146,14 @@ def is_subreaper():
     """Return True when this process is a child subreaper (asked once per process)."""
     global _subreaper
     pid = os.getpid()
-    if _subreaper[0] != pid:
+    if _subreaper.pid != pid:
         value = ctypes.c_int(0)
         try:
             ok = _prctl()(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0
         except (OSError, AttributeError):
             ok = False
-        _subreaper = (pid, ok and bool(value.value))
-    return _subreaper[1]
+        _subreaper = _PerProcess(pid, ok and bool(value.value))
+    return _subreaper.value
 
 
 def own_orphans():
@@ -155,16 +165,16 @@ def own_orphans():
     """
     global _children
     pid = os.getpid()
-    fd = _children[1] if _children[0] == pid else None
+    fd = _children.value if _children.pid == pid else None
     if fd is None:
         with _children_lock:  # kept open: a pread costs far less than an open on every exit
-            if _children[0] != pid:
+            if _children.pid != pid:
                 try:
-                    _children = (pid, os.open(f"/proc/{pid}/task/{pid}/children",
-                                              os.O_RDONLY | os.O_CLOEXEC))
+                    _children = _PerProcess(pid, os.open(
+                        f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC))
                 except OSError:
                     return None
-            fd = _children[1]
+            fd = _children.value
     try:
         size = 1 << 15  # room for thousands of pids; grown if ever filled
         data = os.pread(fd, size, 0)

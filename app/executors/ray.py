@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 from ..errors import SlotrunError
 from ..logs import LOG_NAME
@@ -43,6 +44,65 @@ from .local import boot_id, process_start_time, read_exit_code
 from .processes import MARKER, Stops, TaskTree, become_subreaper
 
 log = logging.getLogger(__name__)
+
+
+class NodeDown(NamedTuple):
+    """News for the health watcher: a node was taken out (``episode``: which time)."""
+
+    node_id: str
+    name: str
+    cause: str
+    episode: int
+
+
+class Halt(NamedTuple):
+    """News for the health watcher: its last listener left, stop watching."""
+
+
+class Bundle(NamedTuple):
+    """The workspace as last shipped to the nodes."""
+
+    fingerprint: str  # of every file's path, size, time and mode
+    digest: str  # the copy's name on the nodes
+    ref: object  # the Ray object holding the packed files
+    files: dict  # path -> (size, mtime_ns), to tell a changed config
+    walked_at: float  # time.monotonic() of the walk it was made from
+
+
+class BundleRef(NamedTuple):
+    """What an agent is given to find (or unpack) a bundle: its digest and its object,
+    in a list so that Ray passes the reference instead of resolving it."""
+
+    digest: str
+    refs: list
+
+
+class ExitNote(NamedTuple):
+    """An exit an agent keeps for the head's long poll, numbered in order."""
+
+    seq: int
+    key: str
+    code: int
+
+
+class PollAnswer(NamedTuple):
+    """For the head's pump: a node's long poll for exits answered (``future``)."""
+
+    node_id: str
+    poll: object
+    future: object
+
+
+class LogsAnswer(NamedTuple):
+    """For the head's pump: a node's new log bytes arrived (``future``)."""
+
+    node_id: str
+    offsets: dict
+    future: object
+
+
+class Wake(NamedTuple):
+    """For the head's pump: look at ``closed`` now."""
 
 NAMESPACE = "slotrun"
 NAME_LABEL = "slotrun-name"  # a node label naming the node (else its hostname)
@@ -224,7 +284,7 @@ class ClusterView:
         self._remote_cls = None
         self._health = {}  # node id -> _Health
         self._listeners = []
-        self._news = queue.SimpleQueue()  # ("down", node id, name, cause, episode) to tell
+        self._news = queue.SimpleQueue()  # NodeDown to tell, Halt
         self._watcher = None
         self.generation = 0  # counts nodes taken out and brought back
 
@@ -346,7 +406,7 @@ class ClusterView:
             self._listeners = [f for f in self._listeners if f != fn]  # bound methods: ==
             if not self._listeners and self._watcher is not None:
                 self._watcher = None
-                self._news.put(("halt",))
+                self._news.put(Halt())
 
     def is_down(self, node_id):
         """Return why a node is out of placement (None while it is in)."""
@@ -367,7 +427,7 @@ class ClusterView:
             self.generation += 1
             h.episode = episode = self.generation
             name = self._names.get(node_id) or self._former.get(node_id) or node_id[:8]
-        self._news.put(("down", node_id, name, cause, episode))
+        self._news.put(NodeDown(node_id, name, cause, episode))
         return True
 
     def _watch(self, news):
@@ -380,12 +440,11 @@ class ClusterView:
                 item = news.get(timeout=tick)
             except queue.Empty:
                 item = None
-            if item is not None and item[0] == "down":
-                _, node_id, name, cause, episode = item
-                self._tell(node_id, name, cause)
+            if isinstance(item, NodeDown):
+                self._tell(item.node_id, item.name, item.cause)
                 with self._lock:
-                    h = self._health.get(node_id)
-                    if h is not None and h.episode == episode:
+                    h = self._health.get(item.node_id)
+                    if h is not None and h.episode == item.episode:
                         h.told = True
             if self._watcher is not me:
                 return
@@ -587,7 +646,7 @@ class NodeAgent:
     # -- starting
 
     def _bundle(self, digest, refs):
-        import ray
+        import ray  # optional: only where the Ray executor runs
 
         path = os.path.join(self.root, "ws", digest)
         with self.bundle_lock:
@@ -619,8 +678,11 @@ class NodeAgent:
                 shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
     def start(self, p, bundle):
-        """Start one task; return its pid, start time, boot id and node-side folders."""
-        digest = bundle[0] if bundle else None
+        """Start one task; return its pid, start time, boot id and node-side folders
+        (``bundle``: a BundleRef, None on a shared filesystem)."""
+        # _make: an agent and a head of another version pass plain sequences
+        bundle = BundleRef._make(bundle) if bundle else None
+        digest = bundle.digest if bundle else None
         if digest:
             with self.bundle_lock:  # no pruning of this copy until the task is recorded
                 self.pinned[digest] = self.pinned.get(digest, 0) + 1
@@ -648,8 +710,8 @@ class NodeAgent:
             def remap(s):
                 return s
         else:
-            digest = bundle[0]
-            cwd = self._bundle(digest, bundle[1])
+            digest = bundle.digest
+            cwd = self._bundle(digest, bundle.refs)
 
             def remap(s):
                 if s == workspace or s.startswith(workspace + "/"):
@@ -739,16 +801,16 @@ class NodeAgent:
         with self.cond:
             entry["code"] = code
             self.seq += 1
-            self.exits.append((self.seq, key, code))
+            self.exits.append(ExitNote(self.seq, key, code))
             self.cond.notify_all()
 
     # -- watching
 
     def wait_exits(self, after, timeout=POLL_TIMEOUT):
-        """Return [(seq, key, code)] of the exits after ``after``, waiting up to ``timeout`` s."""
+        """Return the ExitNotes after ``after``, waiting up to ``timeout`` s."""
         with self.cond:
-            self.cond.wait_for(lambda: self.exits and self.exits[-1][0] > after, timeout)
-            return [x for x in self.exits if x[0] > after]
+            self.cond.wait_for(lambda: self.exits and self.exits[-1].seq > after, timeout)
+            return [x for x in self.exits if x.seq > after]
 
     def status(self, key):
         """Return ("running", info) / ("exited", code) / ("unknown", None) for a task."""
@@ -811,7 +873,7 @@ class NodeAgent:
         """Drop a collected task and delete its node-side folders."""
         with self.cond:
             e = self.tasks.pop(key, None)
-            self.exits = [x for x in self.exits if x[1] != key]
+            self.exits = [x for x in self.exits if x.key != key]
         if e is None:
             return False
         shutil.rmtree(e["run_dir"], ignore_errors=True)
@@ -938,7 +1000,7 @@ class RayExecutor:
         self._tasks = {}  # key -> _Task
         self._polls = {}  # node id -> _Poll
         self._events = queue.SimpleQueue()
-        self._bundle = None  # (fingerprint, digest, object ref)
+        self._bundle = None  # Bundle, once the workspace was walked
         self._bundle_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             4, thread_name_prefix="slotrun-ray-finish")
@@ -971,7 +1033,8 @@ class RayExecutor:
         try:
             for attempt in (1, 2):
                 agent = self.view.agent(node.node_id)
-                ref = agent.start.remote(payload, bundle and [bundle[1], [bundle[2]]])
+                ref = agent.start.remote(
+                    payload, bundle and BundleRef(bundle.digest, [bundle.ref]))
                 try:
                     info = self._answer(ref, node.node_id)
                     break
@@ -1041,16 +1104,16 @@ class RayExecutor:
                 raise ray.exceptions.GetTimeoutError()
 
     def _workspace_bundle(self, argv=()):
-        """Return (fingerprint, digest, ref) of the workspace as the nodes should see it.
+        """Return the Bundle of the workspace as the nodes should see it.
 
         The workspace is walked again when the last walk is more than a second old, or when
         a file the command names (its config) is not in the bundle as it is now.
         """
         with self._bundle_lock:
             b = self._bundle
-            if b is not None and time.monotonic() - b[4] < BUNDLE_TTL and \
-                    all(self._unchanged(b[3], a) for a in argv):
-                return b[:3]
+            if b is not None and time.monotonic() - b.walked_at < BUNDLE_TTL and \
+                    all(self._unchanged(b.files, a) for a in argv):
+                return b
         files, total, h = {}, 0, hashlib.sha1()
         for rel, st in self._workspace_files():
             files[rel] = (st.st_size, st.st_mtime_ns)
@@ -1058,9 +1121,9 @@ class RayExecutor:
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
         fingerprint = h.hexdigest()
         with self._bundle_lock:
-            if self._bundle and self._bundle[0] == fingerprint:
-                self._bundle = (*self._bundle[:4], time.monotonic())
-                return self._bundle[:3]
+            if self._bundle and self._bundle.fingerprint == fingerprint:
+                self._bundle = self._bundle._replace(walked_at=time.monotonic())
+                return self._bundle
             if total > self.sync_max:
                 raise SlotrunError(
                     f"the workspace holds {total / 2**20:.0f} MiB to copy to the nodes, more than "
@@ -1073,9 +1136,9 @@ class RayExecutor:
                         tar.add(os.path.join(self.workspace, rel), arcname=rel, recursive=False)
                     except OSError:
                         continue  # vanished meanwhile
-            self._bundle = (fingerprint, fingerprint[:16], self.ray.put(buf.getvalue()), files,
-                            time.monotonic())
-            return self._bundle[:3]
+            self._bundle = Bundle(fingerprint, fingerprint[:16], self.ray.put(buf.getvalue()),
+                                  files, time.monotonic())
+            return self._bundle
 
     def _unchanged(self, files, arg):
         """Return False when ``arg`` names a workspace file that differs from the bundle's."""
@@ -1204,11 +1267,12 @@ class RayExecutor:
             after = p.after
         try:
             ref = self.view.agent(node_id).wait_exits.remote(after, POLL_TIMEOUT)
-            ref.future().add_done_callback(lambda f: self._events.put(("exits", node_id, p, f)))
+            ref.future().add_done_callback(
+                lambda f: self._events.put(PollAnswer(node_id, p, f)))
         except Exception as e:  # noqa: BLE001 - reported as a failed poll
             f = concurrent.futures.Future()
             f.set_exception(e)
-            self._events.put(("exits", node_id, p, f))
+            self._events.put(PollAnswer(node_id, p, f))
 
     def _pump(self):
         next_pull = time.monotonic() + self.interval
@@ -1219,12 +1283,10 @@ class RayExecutor:
             except queue.Empty:
                 event = None
             try:
-                if event is not None:
-                    kind = event[0]
-                    if kind == "exits":
-                        self._on_poll(*event[1:])
-                    elif kind == "logs":
-                        self._on_logs(*event[1:])
+                if isinstance(event, PollAnswer):
+                    self._on_poll(event.node_id, event.poll, event.future)
+                elif isinstance(event, LogsAnswer):
+                    self._on_logs(event.node_id, event.offsets, event.future)
                 now = time.monotonic()
                 if now >= next_pull:
                     next_pull = now + self.interval
@@ -1257,16 +1319,16 @@ class RayExecutor:
             return
         finish = []
         with self._lock:
-            for seq, key, code in exits:
-                p.after = max(p.after, seq)
-                t = self._tasks.get(key)
+            for note in map(ExitNote._make, exits):  # an older agent sends plain tuples
+                p.after = max(p.after, note.seq)
+                t = self._tasks.get(note.key)
                 if t is None or t.finishing:
                     continue
                 if t.handle is None:
-                    t.pending_code = code
+                    t.pending_code = note.code
                     continue
                 t.finishing = True
-                finish.append((t, code))
+                finish.append((t, note.code))
             busy = any(t.node_id == node_id for t in self._tasks.values())
         for t, code in finish:
             self._pool.submit(self._finish, t, code)
@@ -1352,7 +1414,7 @@ class RayExecutor:
             try:
                 ref = self.view.agent(nid).read_logs.remote(offsets)
                 ref.future().add_done_callback(
-                    lambda f, nid=nid, offsets=offsets: self._events.put(("logs", nid, offsets, f)))
+                    lambda f, nid=nid, offsets=offsets: self._events.put(LogsAnswer(nid, offsets, f)))
             except Exception:  # noqa: BLE001 - the exit poll reports a lost node
                 with self._lock:
                     self._polls[nid].logs_pending = False
@@ -1466,7 +1528,7 @@ class RayExecutor:
         """Stop watching (tasks keep running on their nodes; a new head re-adopts them)."""
         self.view.remove_listener(self._node_down)
         self._closed = True
-        self._events.put(("wake",))
+        self._events.put(Wake())
         self._thread.join(timeout=2)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
