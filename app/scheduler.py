@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -21,19 +20,21 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from . import configs as configs_mod
-from . import snapshots
-from .admission import (MemoryLedger, MemoryMonitor, Watched, declared_memory, family_of,
-                        log_shows_oom)
+from . import recovery, snapshots
+from .admission import MemoryMonitor, declared_memory, family_of, log_shows_oom
+from .admission_state import AdmissionState
+from .ends import End, outcome, retry_left, stop_note, stopped_state
 from .engine_view import EngineView, QueueState, RunningTask
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
 from .executors import ExecutorUnavailable, LaunchSpec
-from .executors.local import exit_time, read_record
-from .logs import LOG_NAME, first_error_line, signal_of_exit
+from .executors.local import exit_time
+from .logs import LOG_NAME
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
+from .recovery import Readopted, Unstarted
 from .selection import applies_to, plan_bulk
-from .settings import format_size, parse_size
+from .settings import format_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
-                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, need_of, order_key,
+                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
                    pick_from_queues)
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,6 @@ class Running:
 
 
 @dataclass
-class Settling:
-    """A task of unknown need whose GPU waits for its memory to settle (probation: unknown)."""
-
-    task_id: int
-    family: str
-    since: float  # time.monotonic() of its start
-    last: int | None = None  # bytes at the previous reading
-
-
-@dataclass
 class Queued:
     """What the engine keeps in memory about a queued task."""
 
@@ -222,22 +213,6 @@ class Stopping(NamedTuple):
     since: float
 
 
-@dataclass(frozen=True)
-class End:
-    """How one attempt ended, as it is written down."""
-
-    attempt_id: int
-    task_id: int
-    config: str
-    batch_id: int
-    state: str
-    code: int | None
-    message: str | None
-    when: float  # the end's wall-clock time
-    peak: int | None = None  # peak GPU bytes read while it ran (None: never read)
-    requeue: str | None = None  # "back" / "front": queued again automatically, and where
-
-
 FAULT_BACKOFF_MAX = 5.0  # seconds between retries of a failing step, at most
 ADOPT_CHUNK = 2000  # tasks of a new batch taken into the queue per scheduler command
 
@@ -303,26 +278,9 @@ class Engine:
         self._stale = set()  # the parts of the view changed since it was published
         self._wanted = {}  # device tuple -> queued tasks that may use it
         self.node = os.uname().nodename
-        # GPU-memory-aware admission (see app/admission.py)
-        self.admission = bool(settings.get("admission", True))
-        self.margin = parse_size(settings.get("memory_margin", "512MiB"))
-        self.stagger = settings.get("probation", "off") == "unknown"
-        self.probation_quiet = float(settings.get("probation_quiet", 2.0))
-        self.sample_interval = float(settings.get("memory_sample_interval", 0.5))
-        # A reading older than this is not trusted for a start: the monitor was idle, so the
-        # dispatch reads the GPUs itself (never on the path from an exit to the next start,
-        # where the monitor is reading all along).
-        self.reading_max_age = max(1.0, 3 * self.sample_interval)
-        self.ledger = MemoryLedger()  # GPU memory as of the latest reading, exits credited
-        self.task_memory = {}  # task id -> bytes in the latest reading
-        self.task_peak = {}  # task id -> peak bytes read (0: read, never held any)
-        self.learned = {}  # family -> learned need in bytes (a learned 0 is known too)
-        self.probation = {}  # device -> Settling
-        self.oom_cap = {}  # device -> effective limit after an out-of-memory failure
         self.holds = {}  # device -> Hold: why its free slots took no waiting task
-        self.faults = {}  # device -> why it cannot be read (no new task starts there)
-        self.device_memory = {}  # device -> {"free", "reserved", "available"} at the last dispatch
-        self._groups = {}  # process group -> Watched, for running GPU tasks
+        # GPU-memory-aware admission: its facts in app/admission.py, its state here
+        self.admission = AdmissionState(settings, self._stale)
         self._gpu_queued = 0  # queued tasks that may run on a GPU: the monitor reads while > 0
         self._prepared = {}  # task id -> run folder asked to be made ahead of its start
         self._runs_dir = os.path.join(state_dir(self.workspace), "runs")
@@ -344,14 +302,15 @@ class Engine:
                 default = self.settings["cpu_slots"] if device_kind(d) == CPU \
                     else self.settings["gpu_slots"]
                 self.limits[d] = stored.get(d, default)
-            self.learned = self._load_learned()
+            self.admission.load_learned(self.store.recent_peaks())
             self._stale.update(("devices", "learned", "pause"))  # limits are set: with devices
             self._load_pause()
             self._recover()
             if self.gpu_devices:
-                self.monitor = MemoryMonitor(self.inventory, lambda: self._groups,
-                                             self._memory_sample, self.sample_interval,
-                                             wanted=lambda: bool(self._groups or self._gpu_queued))
+                adm = self.admission
+                self.monitor = MemoryMonitor(self.inventory, lambda: adm.groups,
+                                             self._memory_sample, adm.sample_interval,
+                                             wanted=lambda: bool(adm.groups or self._gpu_queued))
                 self._read_now()  # a first reading, before any start
         except BaseException:
             if self.monitor is not None:
@@ -720,7 +679,7 @@ class Engine:
                 if item.kill:
                     self._interrupt_own(item.reason or "not started: the engine was stopped")
         elif isinstance(item, Reading):
-            self._observe(item.sample)
+            self.admission.observe(item.sample, self.running)
         elif isinstance(item, NodeLost):
             self._take_out(item.error)
 
@@ -747,50 +706,25 @@ class Engine:
     # -- recovery --------------------------------------------------------------------------------
 
     def _recover(self):
-        for rec in self.store.running_attempts():
-            batch = self._note_batch(rec["batch_id"], own=False)
-            handle, code = self.executor.adopt(rec)
-            if handle is not None:
-                r = self.running[rec["task_id"]] = Running(
-                    rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
-                    rec["slot"], handle, rec["config"], rec["started_at"],
-                    memory=rec.get("memory") or 0, family=family_of(rec["config"]),
-                    number=rec.get("number") or 1)
-                self._stale.add("running")
-                if gpu_index(rec["device"]) is not None:
-                    self._groups = {**self._groups, handle.pid: Watched(
-                        rec["task_id"], rec["device"], time.monotonic())}
-                log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
-                if rec.get("stop_reason"):  # a stop the last engine began: finish it
-                    r.stop_reason = rec["stop_reason"]
-                    grace = float(self.settings["kill_grace"])
-                    left = rec["stop_requested_at"] + grace - time.time()
-                    self.executor.stop(handle, max(0.0, min(grace, left)))
-                continue
-            run_dir = rec["run_dir"]
-            if code is None and not rec.get("pid") and read_record(run_dir).pid is None:
-                # The engine stopped between recording the start and starting the process:
-                # this attempt never ran, so it is undone rather than counted.
+        """Take over what the last engine left (decided in app/recovery.py), then queue the
+        work waiting in the store."""
+        found = recovery.survey_attempts(
+            self.store, self.executor, lambda b: self._note_batch(b, own=False).max_retries)
+        for item in found:
+            if isinstance(item, Readopted):
+                self._readopt(item.record, item.handle)
+            elif isinstance(item, Unstarted):
+                rec = item.record
                 self._owe(Write(
                     lambda rec=rec: self.store.unstart_attempt(rec["id"], rec["task_id"]),
                     f"undo the unstarted attempt of task {rec['task_id']}",
                     then=lambda tid=rec["task_id"]: self._requeued(tid), task_id=rec["task_id"]))
-                continue
-            if rec.get("stop_reason"):  # the stop the last engine began has ended it
-                state, message = _stopped_state(rec["stop_reason"])
             else:
-                state, message = self._outcome(code, run_dir)
-                if code is None:
-                    message = "the engine stopped and the process was lost"
-            requeue = None if rec.get("stop_reason") else \
-                self._retry_left(batch, rec.get("number") or 1, state)
-            if requeue:
-                message += f"; requeued (retry {rec.get('number') or 1} of {batch.max_retries})"
-            finished = exit_time(run_dir) or time.time()
-            self._owe(self._end_write(End(rec["id"], rec["task_id"], rec["config"],
-                                          rec["batch_id"], state, code, message, finished,
-                                          requeue=requeue)))
-        orphans = self._end_orphaned_headless()
+                self._owe(self._end_write(item))
+        orphans = set()
+        for run in recovery.orphaned_headless(self.store):
+            self._end_orphaned(run)
+            orphans.update(run.task_ids)
         if not self.only_own:
             # a headless run starts only what it submits; other queued work waits
             for t in self.store.queued_tasks():
@@ -802,27 +736,33 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - the loop retries them
             self._on_fault(e)
 
-    def _end_orphaned_headless(self):
-        """End the queued tasks of multi-run.py runs that are gone; return their ids.
+    def _readopt(self, rec, handle):
+        """Watch an attempt the last engine started, and finish the stop it began."""
+        r = self.running[rec["task_id"]] = Running(
+            rec["task_id"], rec["id"], rec["batch_id"], rec["owner"], rec["device"],
+            rec["slot"], handle, rec["config"], rec["started_at"],
+            memory=rec.get("memory") or 0, family=family_of(rec["config"]),
+            number=rec.get("number") or 1)
+        self._stale.add("running")
+        if gpu_index(rec["device"]) is not None:
+            self.admission.watch(rec["task_id"], rec["device"], handle.pid, time.monotonic())
+        log.info("re-adopted task %s (pid %s)", rec["task_id"], handle.pid)
+        if rec.get("stop_reason"):  # a stop the last engine began: finish it
+            r.stop_reason = rec["stop_reason"]
+            grace = float(self.settings["kill_grace"])
+            left = rec["stop_requested_at"] + grace - time.time()
+            self.executor.stop(handle, max(0.0, min(grace, left)))
 
-        This engine holds the workspace's lock, so no multi-run.py of this workspace runs:
-        what one queued and did not start is never started by another engine.
-        """
-        by_batch = {}
-        for task_id, batch_id, who in self.store.headless_queued():
-            by_batch.setdefault((batch_id, who), []).append(task_id)
-        ended = set()
-        for (batch_id, who), ids in by_batch.items():
-            message = (f"not started: the multi-run.py that queued it ({who}) ended first; "
-                       "run that command again to resume")
-            self._owe(Write(lambda ids=ids, message=message: self.store.finish_queued(
-                ids, CANCELLED, message), f"end {len(ids)} task(s) left by {who}",
-                then=lambda ids=ids: [self._emit(t) for t in self.store.get_tasks(ids)],
-                batch_id=batch_id))
-            ended.update(ids)
-            log.info("batch %s: %d queued task(s) of a gone multi-run.py (%s) ended", batch_id,
-                     len(ids), who)
-        return ended
+    def _end_orphaned(self, run):
+        """End the queued tasks of a multi-run.py run that is gone (an ``OrphanedRun``)."""
+        message = (f"not started: the multi-run.py that queued it ({run.who}) ended first; "
+                   "run that command again to resume")
+        self._owe(Write(lambda: self.store.finish_queued(run.task_ids, CANCELLED, message),
+                        f"end {len(run.task_ids)} task(s) left by {run.who}",
+                        then=lambda: [self._emit(t) for t in self.store.get_tasks(run.task_ids)],
+                        batch_id=run.batch_id))
+        log.info("batch %s: %d queued task(s) of a gone multi-run.py (%s) ended", run.batch_id,
+                 len(run.task_ids), run.who)
 
     def _requeued(self, task_id):
         """Take a task requeued in the store into the in-memory queue, and announce it."""
@@ -959,12 +899,14 @@ class Engine:
         if self.gpu_devices and any(states[d].free_slots for d in self.gpu_devices if d in states):
             self._gpu_states(states)  # a failed reading blocks the GPUs (_read_now), not the CPU
         holds = {}
-        placements = pick_from_queues(self.queues, states, by_owner, self.margin,
-                                      any_gpu=tuple(self.gpu_devices), learned=self.learned,
+        placements = pick_from_queues(self.queues, states, by_owner, self.admission.margin,
+                                      any_gpu=tuple(self.gpu_devices),
+                                      learned=self.admission.learned,
                                       any_cpu=tuple(d for d in self.devices
                                                     if device_kind(d) == CPU),
                                       last_start=self.last_start,
-                                      stagger_unknown=self.admission and self.stagger,
+                                      stagger_unknown=self.admission.enabled
+                                      and self.admission.stagger,
                                       holds=holds, busy=self._busy_configs())
         if holds or self.holds:
             self.holds = holds  # a new dict each round: a published one is never changed
@@ -1013,42 +955,13 @@ class Engine:
 
     def _gpu_states(self, states):
         """Fill in the GPUs' memory, reservations and blocks (no reading unless it is stale)."""
-        ledger = self.ledger
-        if self.admission and ledger.age(time.monotonic()) > self.reading_max_age:
+        adm = self.admission
+        if adm.enabled and adm.reading_too_old(time.monotonic()):
             self._read_now()  # the monitor was idle: read the GPUs now
-        reserved = self._reservations() if self.admission else {}
-        memory = {}
-        for d in self.gpu_devices:
-            st = states.get(d)
-            if st is None:
-                continue
-            if d in self.faults:
-                st.blocked = f"{d} cannot be read: {self.faults[d]}"
-            elif d in self.probation:
-                st.blocked = f"settling: task {self.probation[d].task_id}'s memory need is unknown"
-            if self.admission:
-                st.free_memory = ledger.free_now(d)  # None: no reading (no figures): not checked
-                if st.free_memory is not None:
-                    st.reserved = reserved.get(d, 0)
-                    memory[d] = {"free": st.free_memory, "reserved": st.reserved,
-                                 "available": st.available}
-        self.device_memory = memory
-
-    def _reservations(self):
-        """Return {device: bytes its running tasks will still take} (need - current use)."""
-        out = {}
-        for r in self.running.values():
-            need = r.memory or self.learned.get(r.family)
-            if need:
-                left = need - self.ledger.used_by(r.task_id)
-                if left > 0:
-                    out[r.device] = out.get(r.device, 0) + left
-        return out
+        adm.fill(states, self.gpu_devices, self.running)
 
     def _effective_limit(self, device):
-        limit = self.limits.get(device, 0)
-        cap = self.oom_cap.get(device)
-        return limit if cap is None else min(limit, cap)
+        return self.admission.effective_limit(device, self.limits.get(device, 0))
 
     def _start(self, task_id, device):
         """Start one queued task; return 1 if its process started, else 0.
@@ -1142,13 +1055,9 @@ class Engine:
             record.apply()
         except Exception:  # noqa: BLE001 - it runs: owe the record, never lose the process
             self._owe(record)
-        if idx is not None:
-            started = time.monotonic()
-            self._groups = {**self._groups, handle.pid: Watched(task_id, device, started)}
-            if self.admission and self.stagger and need_of(p, self.learned) is None:
-                self.probation[device] = Settling(task_id, p.family, started)
-            if self.monitor is not None and len(self._groups) == 1:
-                self.monitor.poke()  # the first GPU task: start reading
+        if idx is not None and self.admission.started(task_id, device, handle.pid, p) \
+                and self.monitor is not None:
+            self.monitor.poke()  # the first GPU task: start reading
         r.row = self._emit_task(task_id)
         return 1
 
@@ -1220,28 +1129,6 @@ class Engine:
 
     # -- ends ---------------------------------------------------------------------------------------
 
-    def _outcome(self, code, run_dir):
-        """Return (state, message) of an attempt that ended with ``code`` (None: unknown)."""
-        if code is None:
-            return INTERRUPTED, "the process ended without recording an exit code"
-        if code == 0:
-            return SUCCEEDED, None
-        log_path = os.path.join(run_dir, LOG_NAME) if run_dir else None
-        signum = -code if code < 0 else signal_of_exit(log_path, code) if log_path else None
-        if signum:
-            # The shell's own notice ("Killed") is the log's last line: it says no more.
-            return FAILED, f"killed by signal {signum}{_signal_name(signum)}"
-        message = f"exit code {code}"
-        line = first_error_line(log_path) if log_path else None
-        return FAILED, f"{message}: {line}" if line else message
-
-    def _retry_left(self, batch, number, state):
-        """Return "back" when an interrupted attempt may be retried automatically, else None."""
-        if state == INTERRUPTED and batch is not None and batch.max_retries \
-                and number <= batch.max_retries:
-            return "back"
-        return None
-
     def _on_exit(self, handle, code):
         r = self.running.get(handle.task_id)
         if r is None or r.attempt_id != handle.attempt_id:
@@ -1253,69 +1140,54 @@ class Engine:
         except Exception:  # noqa: BLE001 - a bug here must not lose the end
             log.exception("deciding how task %s ended failed; recording its plain outcome",
                           r.task_id)
-            state, message = self._outcome(code, None) if r.stop_reason != "cancel" else (
+            state, message = outcome(code, None) if r.stop_reason != "cancel" else (
                 CANCELLED, "cancelled while running")
             self._owe(self._end_write(End(r.attempt_id, r.task_id, r.config, r.batch_id, state,
                                           code, message, time.time())))
 
     def _record_exit(self, r, handle, code):
-        if handle.pid in self._groups:
-            self._groups = {k: v for k, v in self._groups.items() if k != handle.pid}
-            self.ledger.ended(r.task_id, r.device, time.monotonic())  # its memory is free again
-        peak = self.task_peak.pop(r.task_id, None)
-        if self.task_memory.pop(r.task_id, None) is not None or peak is not None:
-            self._stale.add("memory")
-        held = self.probation.get(r.device)
-        if held and held.task_id == r.task_id:
-            del self.probation[r.device]
+        adm = self.admission
+        peak = adm.ended(r.task_id, r.device, handle.pid)  # its memory is free again
         now = time.time()
         if not handle.extra.get("stopped"):
             # The end is when the process ended (the exit file's time), not when it was
             # noticed; a task whose leftovers had to be stopped ended when they were gone.
             now = min(now, (exit_time(handle.run_dir) if handle.run_dir else None) or now)
         if r.stop_reason:
-            state, message = _stopped_state(r.stop_reason)
+            state, message = stopped_state(r.stop_reason)
         elif code is None:
             state, message = INTERRUPTED, handle.extra.get("lost_reason") or \
                 "the process ended without recording an exit code"
         else:
-            state, message = self._outcome(code, r.handle.run_dir)
+            state, message = outcome(code, r.handle.run_dir)
         oom = (state == FAILED and gpu_index(r.device) is not None
                and log_shows_oom(os.path.join(r.handle.run_dir, LOG_NAME)))
         requeue = None
         if oom:
-            left = sum(1 for x in self.running.values() if x.device == r.device)
-            self.oom_cap[r.device] = max(1, left)
+            learned = adm.out_of_memory(r.device, r.family, peak, self.running)
             try:
                 earlier = any("out of memory" in (a.get("message") or "")
                               for a in self.store.attempts(r.task_id) if a["id"] != r.attempt_id)
             except Exception:  # noqa: BLE001 - unreadable history: do not requeue again
                 earlier = True
             requeue = None if earlier else "front"
-            # Learn the need from the whole family: the task that failed may have died before
-            # it held what it needed, its running siblings show more.
-            seen = max([peak or 0] + [self.task_peak.get(x.task_id, 0)
-                                      for x in self.running.values() if x.family == r.family])
-            if seen:  # nothing read (all too short): the need stays unknown, the cap holds
-                self._learn(r.family, seen)
-            learned = self.learned.get(r.family)
             message = (f"CUDA out of memory on {r.device}; "
                        + ("requeued at the front" if requeue else "again: not requeued")
                        + (f"; {r.family or 'its family'} now needs {format_size(learned)} as "
                           "learned" if learned else "")
-                       + f"; {r.device} limited to {self.oom_cap[r.device]} task(s) until a task "
+                       + f"; {r.device} limited to {adm.oom_cap[r.device]} task(s) until a task "
                        "finishes there")
         elif state in (SUCCEEDED, FAILED):
-            self.oom_cap.pop(r.device, None)
-        note = _stop_note(handle.extra, r.stop_reason)
+            adm.uncap(r.device)
+        note = stop_note(handle.extra, r.stop_reason)
         if note:
             message = f"{message}; {note}" if message else note
         if state == SUCCEEDED and peak is not None:
             # Read at least once while it ran: its peak (0 included) is what its family needs.
-            self._learn(r.family, peak)
+            adm.learn(r.family, peak)
         batch = self.batches.get(r.batch_id)
         if not r.stop_reason and not requeue:
-            requeue = self._retry_left(batch, r.number, state)
+            requeue = retry_left(batch.max_retries if batch else 0, r.number, state)
             if requeue:
                 message += f"; requeued (retry {r.number} of {batch.max_retries})"
         if r.row is not None and not requeue:
@@ -1479,68 +1351,16 @@ class Engine:
             self._publish_usage(force=True)
         return ids
 
-    def _observe(self, sample):
-        """Take a GPU reading: memory per task, free memory, faults, settling tasks."""
-        self.ledger.observe(sample)
-        self._note_faults(sample.errors)
-        for t, r in self.running.items():
-            if t not in sample.tasks:
-                continue  # started after the reading began
-            nbytes = sample.usage.get(t, 0)
-            self.task_memory[t] = nbytes
-            if nbytes >= self.task_peak.get(t, 0):
-                self.task_peak[t] = nbytes
-            self._stale.add("memory")
-            if r.family in self.learned:
-                self._learn(r.family, nbytes)  # more evidence: the family needs more
-        for device, st in list(self.probation.items()):
-            nbytes = sample.usage.get(st.task_id, 0)
-            age = sample.when - st.since
-            if st.task_id not in self.running:
-                del self.probation[device]
-            elif nbytes > 0 and st.last is not None and \
-                    abs(nbytes - st.last) <= max(16 * 1024**2, nbytes // 50):
-                del self.probation[device]  # levelled off: its family needs that much
-                self._learn(st.family, nbytes)
-            elif (nbytes == 0 and age >= self.probation_quiet) or \
-                    age >= 10 * self.probation_quiet:
-                del self.probation[device]  # no GPU memory for a while (or too long): settled
-                self._learn(st.family, self.task_peak.get(st.task_id, 0))
-            elif st.task_id in sample.tasks:
-                st.last = nbytes
-
     def _read_now(self):
         """Read the GPUs on this thread; a failed reading blocks the GPUs, never the CPU."""
         if self.monitor is None:
             return
         try:
-            self._observe(self.monitor.sample())
+            self.admission.observe(self.monitor.sample(), self.running)
         except Exception as e:  # noqa: BLE001 - a broken driver must not stop the CPU's work
             log.exception("reading the GPUs failed")
-            self._note_faults({d: f"reading the GPUs failed: {e}" for d in self.gpu_devices})
-
-    def _note_faults(self, errors):
-        for d in [d for d in self.faults if d not in errors]:
-            log.info("%s answers again: tasks start there again", d)
-            del self.faults[d]
-        for d, why in errors.items():
-            if self.faults.get(d) != why:
-                log.warning("%s cannot be read (%s): no new task starts there until it answers; "
-                            "its running tasks go on", d, why)
-                self.faults[d] = why
-
-    def _load_learned(self):
-        learned = {}
-        for config, peak in self.store.recent_peaks():
-            fam = family_of(config)
-            learned[fam] = max(learned.get(fam, 0), peak)
-        return learned
-
-    def _learn(self, family, nbytes):
-        """Raise a family's learned need to ``nbytes`` (a first 0 is learned too)."""
-        if nbytes > self.learned.get(family, -1):
-            self.learned[family] = nbytes
-            self._stale.add("learned")
+            self.admission.note_faults(
+                {d: f"reading the GPUs failed: {e}" for d in self.gpu_devices})
 
     def predicted_need(self, config):
         """Return the GPU memory a config is expected to need (learned from its family), or 0."""
@@ -1557,10 +1377,10 @@ class Engine:
             raise SlotrunError("a memory need is required to suggest slots: declare gpu_memory "
                                "in the configs or let a task of the family finish first")
         out = {}
-        usage = self.view.usage
+        limits, margin = self.view.limits, self.admission.margin
         for dev in self.inventory.gpus():
-            if dev.id in usage:
-                out[dev.id] = max(0, int((dev.memory_total - self.margin) // need))
+            if dev.id in limits:
+                out[dev.id] = max(0, int((dev.memory_total - margin) // need))
         return out
 
     def _set_priority(self, batch_id, priority):
@@ -1637,14 +1457,16 @@ class Engine:
         for r in self.running.values():
             counts[r.device] = counts.get(r.device, 0) + 1
         usage = {}
+        adm = self.admission
         for d in self.devices:
             u = {"slots": self.limits.get(d, 0), "running": counts.get(d, 0)}
-            if d in self.oom_cap:
+            if d in adm.oom_cap:
                 u["effective"] = self._effective_limit(d)
-            hold, note = self._device_note(d, u)
+            h = self.holds.get(d)
+            item = self.queued.get(h.task_id) if h is not None else None
+            hold, note = adm.note(d, u, h, item.pending if item is not None else None)
             if hold:
                 u["hold"], u["note"] = hold, note
-                h = self.holds.get(d)
                 if h is not None:
                     u["held"] = max(0, u.get("effective", u["slots"]) - u["running"])
                     u["waiting_task"] = h.task_id
@@ -1675,9 +1497,10 @@ class Engine:
             parts["running"] = {t: _same_attempt(old.get(t), r) or r.record()
                                 for t, r in self.running.items()}
         if "memory" in stale:
-            parts.update(task_memory=dict(self.task_memory), task_peak=dict(self.task_peak))
+            parts.update(task_memory=dict(self.admission.task_memory),
+                         task_peak=dict(self.admission.task_peak))
         if "learned" in stale:
-            parts["learned"] = dict(self.learned)
+            parts["learned"] = dict(self.admission.learned)
         if "holds" in stale:
             parts["holds"] = self.holds  # a new dict each dispatch round
         if "queue" in stale:
@@ -1689,60 +1512,16 @@ class Engine:
         stale.clear()
         self.view = replace(view, **parts)
 
-    def _device_note(self, d, u):
-        """Return (kind, sentence) saying what holds back starts on a device, or ("", "")."""
-        if d in self.faults:
-            return "fault", (f"{d} cannot be read ({self.faults[d]}): no new task starts here "
-                             "until it answers; its running tasks go on")
-        if d in self.oom_cap:
-            return "oom", (f"out of memory: limited to {u['effective']} until a task finishes "
-                           "here")
-        if d in self.probation:
-            st = self.probation[d]
-            return "probation", (f"settling: task {st.task_id} is the first of "
-                                 f"{st.family or 'its family'} (need unknown); the next start "
-                                 f"here waits until its memory levels off (or it shows none "
-                                 f"for {self.probation_quiet:g} s)")
-        h = self.holds.get(d)
-        if h is None or h.available is None:
-            return "", ""
-        item = self.queued.get(h.task_id)
-        p = item.pending if item is not None else None
-        free = f"{format_size(max(0, h.available))} free on {d}"
-        mem = self.device_memory.get(d)
-        if mem and mem["reserved"]:
-            free += (f" ({format_size(mem['free'])} free, {format_size(mem['reserved'])} "
-                     "reserved by running tasks still growing to their need)")
-        if h.need is None or not h.need:
-            return "memory", (f"task {h.task_id} waits: {free}, under the "
-                              f"{format_size(self.margin)} margin")
-        source = "declared" if p is not None and p.memory else \
-            f"learned for {p.family}" if p is not None else "expected"
-        return "memory", (f"task {h.task_id} needs {format_size(h.need)} ({source}) + "
-                          f"{format_size(self.margin)} margin; {free}")
-
     def admission_view(self):
         """Return what a new GPU task would meet now, per GPU: {"free_slots", "free",
         "reserved", "available" (bytes, None when not checked), "blocked" (a reason or "")}."""
         return self.call(self._admission_view)
 
     def _admission_view(self):
-        if self.ledger.age(time.monotonic()) > self.reading_max_age:
+        if self.admission.reading_too_old(time.monotonic()):
             self._read_now()
-        reserved = self._reservations()
-        running = {}
-        for r in self.running.values():
-            running[r.device] = running.get(r.device, 0) + 1
-        out = {}
-        for d in self.gpu_devices:
-            free = self.ledger.free_now(d) if self.admission else None
-            res = reserved.get(d, 0) if free is not None else 0
-            blocked = f"{d} cannot be read: {self.faults[d]}" if d in self.faults else \
-                "settling" if d in self.probation else ""
-            out[d] = {"free_slots": max(0, self._effective_limit(d) - running.get(d, 0)),
-                      "free": free, "reserved": res,
-                      "available": None if free is None else free - res, "blocked": blocked}
-        return out
+        return self.admission.offers(self.gpu_devices, self.running, self.limits)
+
 
 def _take_workspace_lock(workspace):
     """Take the workspace's engine lock; return its descriptor, or raise WorkspaceLocked."""
@@ -1770,34 +1549,3 @@ def check_workspace_free(workspace):
 def _same_attempt(record, r):
     """Return a published RunningTask when it is still the running attempt ``r``, else None."""
     return record if record is not None and record.attempt_id == r.attempt_id else None
-
-
-def _stopped_state(reason):
-    """Return the (state, message) of a task stopped by a cancel or an interrupt."""
-    if reason == "cancel":
-        return CANCELLED, "cancelled while running"
-    return INTERRUPTED, "stopped when the engine was stopped"
-
-
-def _stop_note(extra, stop_reason):
-    """Return what had to be stopped after a task's main process ended, for its message."""
-    n, k, grace = extra.get("stopped", 0), extra.get("killed", 0), extra.get("grace", 0)
-    if stop_reason:
-        if not k:
-            return None
-        return (f"{k} process{'es' if k != 1 else ''} ignored SIGTERM and "
-                f"{'were' if k != 1 else 'was'} killed after {grace:g} s")
-    if not n:
-        return None
-    note = f"{n} leftover process{'es' if n != 1 else ''} stopped after the task ended"
-    if k:
-        note += f" ({k} with SIGKILL after {grace:g} s)"
-    return note
-
-
-def _signal_name(number):
-    try:
-        return f" ({signal.Signals(number).name})"
-    except ValueError:
-        return ""
-

@@ -161,7 +161,7 @@ def test_declared_needs_that_do_not_fit_run_as_many_as_fit_and_refill_at_once(si
         wait_for(lambda: held_on_gpus().count(10 * GIB) == 4, 10)
         asked = time.monotonic()
         eng.monitor.poke()
-        wait_for(lambda: (eng.ledger.when or 0) > asked, 5)
+        wait_for(lambda: (eng.admission.ledger.when or 0) > asked, 5)
         ids = [t["id"] for t in b["tasks"]]
         wait_for(lambda: all(store.get_task(i)["state"] in FINAL for i in ids), 40)
     finally:
@@ -253,7 +253,7 @@ def test_a_learned_zero_is_known(sim):
     configs = write_family(sim, "none", 2, key=None, sim_time=0.5)
     eng, store, ids, attempts = run_batch(sim, configs, gpu_slots=1)
     assert all(a["peak_memory"] == 0 for a in attempts)
-    assert eng.learned["configs/none"] == 0
+    assert eng.view.learned["configs/none"] == 0
 
 
 def test_without_admission_tasks_crash_oom_then_recover(sim):
@@ -418,7 +418,7 @@ def test_learning_works_when_process_ids_do_not_match(sim, monkeypatch):
     eng, store, ids, attempts = run_batch(sim, configs, gpu_slots=2, devices=["gpu0"])
     assert ooms(attempts) == []
     assert [a["peak_memory"] for a in attempts] == [6 * GIB] * 4
-    assert eng.learned["configs/ns"] == 6 * GIB
+    assert eng.view.learned["configs/ns"] == 6 * GIB
 
 
 def test_attribution_by_appearance_leaves_foreign_processes_out():

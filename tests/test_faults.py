@@ -258,7 +258,7 @@ def test_gpus_that_cannot_be_read_hold_gpu_work_run_cpu_work_and_fail_nothing(
         path.write_text("broken\n")
     try:
         # The start-up reading is fresh for a moment; once it is old, a start reads again.
-        wait_for(lambda: eng.ledger.age(time.monotonic()) > eng.reading_max_age, timeout=10)
+        wait_for(lambda: eng.admission.reading_too_old(time.monotonic()), timeout=10)
         gpu = eng.submit(exp_configs(3), "ann")
         gpu_ids = [t["id"] for t in gpu["tasks"]]
 

@@ -496,7 +496,7 @@ def memory_suggest():
     slots = engine.suggest_slots(need)
     usage = engine.usage()
     return jsonify(need=need, source=source, config=config, family=family,
-                   margin=engine.margin, slots=slots,
+                   margin=engine.admission.margin, slots=slots,
                    current={d: usage.get(d, {}).get("slots", 0) for d in slots})
 
 
@@ -562,8 +562,8 @@ def _admission_note(engine, view, fam):
     if not view:
         return None, None
     need = fam["need"]
-    fit = _fit(view, need or 0, engine.margin)
-    if not engine.admission:
+    fit = _fit(view, need or 0, engine.admission.margin)
+    if not engine.admission.enabled:
         return fit, "admission is off: tasks start up to each GPU's slot limit"
     now = ", ".join(f"{fit[d]} on {d}" for d in view)
     if need is None:
@@ -574,5 +574,5 @@ def _admission_note(engine, view, fam):
     room = ", ".join(f"{format_size(max(0, v['available']))} free on {d}"
                      for d, v in view.items() if v["available"] is not None)
     return fit, (f"needs {format_size(need)} per task ({fam['source']}) + "
-                 f"{format_size(engine.margin)} margin: {now} could start now"
+                 f"{format_size(engine.admission.margin)} margin: {now} could start now"
                  + (f" ({room} after reservations)" if room else ""))
