@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import yaml
+
 from .errors import SlotrunError
 from .settings import parse_size
 
@@ -37,8 +39,6 @@ def declared_memory(config, text):
     """
     if not text or "gpu_memory" not in text:
         return 0
-    import yaml
-
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:

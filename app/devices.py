@@ -273,7 +273,7 @@ def open_inventory(fake_gpus=None):
     if fake_gpus and int(fake_gpus) > 0:
         return SimulatedInventory(int(fake_gpus))
     try:
-        import pynvml
+        import pynvml  # optional dependency: only machines with NVIDIA GPUs need it
     except ImportError:
         log.info("pynvml is not installed: NVIDIA GPUs are not used")
         return Inventory()

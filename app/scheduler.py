@@ -26,7 +26,8 @@ from .admission_state import AdmissionState
 from .ends import End, outcome, retry_left, stop_note, stopped_state
 from .engine_view import EngineView, QueueState, RunningTask
 from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
-from .executors import ExecutorUnavailable, LaunchSpec
+from .devices import no_gpu_message
+from .executors import ExecutorUnavailable, LaunchSpec, make_executor
 from .executors.local import exit_time
 from .logs import LOG_NAME
 from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
@@ -255,8 +256,6 @@ class Engine:
         self._writes = []  # Write records not yet done, oldest first
         self.completed_by = {}  # config -> {"id", "batch_id"} of the task that last completed it
         if executor is None:
-            from .executors import make_executor
-
             executor = make_executor(settings.get("executor", "local"), settings, self._exited)
         else:
             executor.on_exit = self._exited
@@ -473,8 +472,6 @@ class Engine:
                 raise SlotrunError(f"unknown CPU device {bad[0]!r}; valid: " + ", ".join(cpus))
             return list(dict.fromkeys(devices))
         if not view.gpu_devices:
-            from .devices import no_gpu_message
-
             raise SlotrunError(no_gpu_message(self.inventory))
         if devices is None:
             return [ANY_GPU]

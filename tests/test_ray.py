@@ -21,7 +21,8 @@ from app import settings as settings_mod  # noqa: E402
 from app import task as task_mod  # noqa: E402
 from app.executors.local import process_start_time  # noqa: E402
 from app.errors import SlotrunError  # noqa: E402
-from app.executors.ray import ClusterView, RayExecutor  # noqa: E402
+from app.executors.ray import RayExecutor  # noqa: E402
+from app.executors.ray_cluster import ClusterView  # noqa: E402
 from app.executors.ray_inventory import make_inventory, watch_nodes  # noqa: E402
 from app.scheduler import Engine, gpu_index, state_dir  # noqa: E402
 from app.store import Store  # noqa: E402

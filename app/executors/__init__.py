@@ -1,61 +1,22 @@
-"""Executors start, watch and stop task processes; nothing else."""
+"""Executors start, watch and stop task processes; nothing else.
 
-from dataclasses import dataclass, field
+``local.py`` runs tasks on this machine; ``ray.py`` (with ``ray_agent.py``, ``ray_bundle.py``
+and ``ray_cluster.py``) on the nodes of a Ray cluster. ``records.py`` holds what they share.
+"""
 
 from ..errors import SlotrunError
+from .local import LocalExecutor
 from .processes import become_subreaper
-
-
-class ExecutorUnavailable(SlotrunError):
-    """The executor, or the node a task was placed on, cannot be reached: not the task's fault.
-
-    ``node`` names the node in slotrun's words ("gpu-b"; empty when the whole executor is
-    out of reach). The engine puts the task back in the queue and takes the node's devices
-    out of placement until the executor lists them again.
-    """
-
-    status = 503
-
-    def __init__(self, message, node=""):
-        super().__init__(message)
-        self.node = node
-
-
-@dataclass
-class LaunchSpec:
-    """Everything an executor needs to start one attempt."""
-
-    task_id: int
-    attempt_id: int
-    argv: list
-    cwd: str
-    run_dir: str
-    env: dict  # variables to add to the engine's environment
-    device: str
-    node: str = ""
-
-
-@dataclass
-class Handle:
-    """A started (or re-adopted) attempt's process."""
-
-    task_id: int
-    attempt_id: int
-    pid: int
-    pid_start: int | None = None
-    boot_id: str = ""
-    run_dir: str = ""
-    node: str = ""
-    extra: dict = field(default_factory=dict)
+from .records import ExecutorUnavailable, Handle, LaunchSpec  # noqa: F401 - the package's names
 
 
 def make_executor(name, settings, on_exit):
     """Return the executor named in the settings ("local" or "ray")."""
     if name == "local":
-        from .local import LocalExecutor
-
         return LocalExecutor(on_exit, float(settings.get("kill_grace", 5.0)))
     if name == "ray":
+        # Imported only when asked for: the Ray executor's modules serve an optional
+        # dependency (Ray), and a local run does not pay for loading them.
         from .ray import RayExecutor
 
         return RayExecutor(on_exit, settings)

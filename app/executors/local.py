@@ -27,9 +27,9 @@ import time
 from typing import NamedTuple
 
 from ..logs import LOG_NAME
-from . import Handle
 from .processes import (MARKER, ProcessTable, Stops, TaskTree, boot_id, find_processes,
                         process_start_time)
+from .records import Handle
 
 __all__ = ["LocalExecutor", "RECORD", "WRAPPER", "Record", "boot_id", "exit_time",
            "process_start_time", "read_exit_code", "read_record"]

@@ -13,14 +13,14 @@ appear or disappear at the next ``snapshot()``; ``watch_nodes`` tells an engine 
 happens.
 
 It lives beside the Ray executor, not among the devices, because both reach the cluster
-through the same ``ClusterView`` and node agents (``executors.ray``).
+through the same ``ClusterView`` and node agents (``executors/ray_cluster.py``).
 """
 
 import logging
 import threading
 
 from ..devices import Device
-from .ray import cluster_view
+from .ray_cluster import cluster_view
 
 log = logging.getLogger(__name__)
 
