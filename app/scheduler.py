@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from . import configs as configs_mod
@@ -224,11 +224,9 @@ class BatchInfo:
 
     id: int
     command: str
-    use_gpu: bool
     overwrite: bool
     max_retries: int = 0
-    own: bool = True
-    counts: dict = field(default_factory=dict)
+    own: bool = True  # submitted through this engine (a headless run starts only its own)
 
 
 class Engine:
@@ -776,7 +774,7 @@ class Engine:
         info = self.batches.get(batch_id)
         if info is None:
             b = self.store.get_batch(batch_id)
-            info = BatchInfo(batch_id, b["command"], b["use_gpu"], b["overwrite"],
+            info = BatchInfo(batch_id, b["command"], b["overwrite"],
                              b.get("max_retries", 0), own)
             self.batches[batch_id] = info
         return info
@@ -1233,7 +1231,7 @@ class Engine:
     def _adopt_batch(self, batch_id, spec, rows, first=True):
         """Take (part of) a batch recorded by ``submit`` into the queue, and announce it."""
         if first:
-            self.batches[batch_id] = BatchInfo(batch_id, spec["command"], spec["use_gpu"],
+            self.batches[batch_id] = BatchInfo(batch_id, spec["command"],
                                                spec["overwrite"], spec["max_retries"], True)
             self.publish("batch", {"id": batch_id, "owner": spec["owner"],
                                    "total": spec.get("total", len(rows))})

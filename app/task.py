@@ -99,19 +99,6 @@ def need_of(p, learned):
     return learned.get(p.family) if learned else None
 
 
-def pick_next(pending, devices, running_by_owner=None, memory_margin=0, **options):
-    """Choose which queued tasks start now, and where (see ``pick_from_queues``).
-
-    "gpu*" in a task's device list stands for every GPU among ``devices``.
-    """
-    queues = {}
-    for p in pending:
-        queues.setdefault(p.owner, []).append(p)
-    for q in queues.values():
-        q.sort(key=order_key)
-    return pick_from_queues(queues, devices, running_by_owner, memory_margin, **options)
-
-
 def pick_from_queues(queues, devices, running_by_owner=None, memory_margin=0, any_gpu=None,
                      learned=None, any_cpu=None, last_start=None, stagger_unknown=False,
                      holds=None, busy=frozenset()):

@@ -5,7 +5,18 @@ import heapq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.task import DeviceState, Hold, Pending, need_of, pick_next
+from app.task import DeviceState, Hold, Pending, need_of, order_key, pick_from_queues
+
+
+def pick_next(pending, devices, running_by_owner=None, memory_margin=0, **options):
+    """Return ``pick_from_queues`` of a flat list of Pending, queued per owner as the engine
+    queues them (sorted by ``order_key``)."""
+    queues = {}
+    for p in pending:
+        queues.setdefault(p.owner, []).append(p)
+    for q in queues.values():
+        q.sort(key=order_key)
+    return pick_from_queues(queues, devices, running_by_owner, memory_margin, **options)
 
 
 def devs(limits, running=None):
@@ -218,8 +229,6 @@ def test_whole_simulated_run(limits_list, tasks):
 def test_large_queue_takes_the_head_without_mutating_it():
     pending = [Pending(i, "ann", ("cpu",), 0, i) for i in range(100000)]
     queues = {"ann": pending}
-    from app.task import pick_from_queues
-
     out = pick_from_queues(queues, devs({"cpu": 2}))
     assert [p.task_id for p in out] == [0, 1]
     assert len(queues["ann"]) == 100000  # input not mutated
@@ -229,8 +238,6 @@ def test_large_queue_takes_the_head_without_mutating_it():
 @given(st.integers(1, 30), st.integers(1, 30))
 def test_one_slot_alternates_between_owners(n_a, n_b):
     """With one slot, starts alternate between owners while both have work."""
-    from app.task import pick_from_queues
-
     queues = {"ann": [Pending(i, "ann", ("cpu",), 0, i) for i in range(n_a)],
               "bob": [Pending(1000 + i, "bob", ("cpu",), 0, 1000 + i) for i in range(n_b)]}
     last, order, stamp = {}, [], 0
