@@ -9,7 +9,7 @@ import sys
 import threading
 
 from . import configs as configs_mod
-from .scheduler import command_values, render_command
+from .commands import command_values, render_command
 from .task import FINAL_STATES, RUNNING, SKIPPED, SUCCEEDED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -6,13 +6,14 @@ import os
 
 from . import configs as configs_mod
 from . import settings as settings_mod
+from .commands import check_template
 from .console import (EXIT_FAILED, EXIT_USAGE, Printer, Stop, confirm, install_signal_handlers,
                       print_error)
 from .devices import no_gpu_message, open_inventory
 from .errors import SlotrunError
 from .executors import claim_orphans
 from .paths import state_db
-from .scheduler import Engine, check_template
+from .scheduler import Engine
 from .store import Store
 from .task import CPU, SKIPPED
 

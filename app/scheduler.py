@@ -6,227 +6,50 @@ the freed slot is refilled at once. Nothing here sleeps on a fixed period.
 """
 
 import bisect
-import fcntl
 import json
 import logging
 import os
 import queue
-import shlex
 import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 from . import configs as configs_mod
 from . import recovery, snapshots
 from .admission import MemoryMonitor, declared_memory, family_of, log_shows_oom
 from .admission_state import AdmissionState
-from .ends import End, outcome, retry_left, stop_note, stopped_state
-from .engine_view import EngineView, QueueState, RunningTask
-from .errors import Conflict, NotFound, SlotrunError, WorkspaceLocked
+from .commands import check_template, command_values, render_command
 from .devices import no_gpu_message
+from .ends import End, outcome, retry_left, stop_note, stopped_state
+from .engine_records import (BatchInfo, Call, Exited, Fault, NodeLost, Queued, Reading,
+                             Running, StopRequest, Stopping, Write, same_attempt)
+from .engine_view import EngineView, QueueState
+from .errors import Conflict, NotFound, SlotrunError
 from .executors import ExecutorUnavailable, LaunchSpec, make_executor
 from .executors.local import exit_time
 from .logs import LOG_NAME
-from .paths import STATE_DIR, state_dir  # noqa: F401 - STATE_DIR, state_dir kept importable here
 from .recovery import Readopted, Unstarted
 from .selection import applies_to, plan_bulk
 from .settings import format_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
-                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, order_key,
+                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, gpu_index, order_key,
                    pick_from_queues)
+from .workspace_lock import take_workspace_lock
+# Kept importable from here, where they lived before (tests and scripts import them so):
+from .paths import STATE_DIR, state_dir  # noqa: F401,E402
+from .workspace_lock import check_workspace_free  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
 PAUSE_KEY = "queue_paused"  # meta key: JSON {"reason", "since"} while a user's pause holds
-PLACEHOLDERS = ("python", "config", "name", "results", "overwrite", "device_args", "gpu", "device",
-                "task_id", "batch_id")
 # At most this many run folders of queued tasks are made ahead of their start (per owner).
 PREPARE_AHEAD_MAX = 64
-# Placeholders that stand for a list of arguments (possibly none), so each must be a whole
-# argument of the template: {device_args} is "-d 0" on a GPU and nothing on the CPU.
-ARGUMENT_LISTS = ("device_args",)
-
-
-def gpu_index(device_id):
-    """Return the GPU index of a device id ("gpu3", "node-a/gpu3"), or None for the CPU."""
-    local = device_id.rsplit("/", 1)[-1]
-    if local.startswith("gpu") and local[3:].isdigit():
-        return int(local[3:])
-    return None
-
-
-def check_template(template):
-    """Split a command template into arguments, or raise an error naming what is valid."""
-    if not isinstance(template, str) or not template.strip():
-        raise SlotrunError("command must be a non-empty string such as '{python} run.py -c {config}'")
-    try:
-        parts = shlex.split(template)
-    except ValueError as e:
-        raise SlotrunError(f"command {template!r} cannot be split into arguments: {e}") from None
-    dummy = {k: "x" for k in PLACEHOLDERS}
-    for p in parts:
-        unescaped = p.replace("{{", "").replace("}}", "")
-        for name in ARGUMENT_LISTS:
-            if "{" + name + "}" in unescaped and p != "{" + name + "}":
-                raise SlotrunError(
-                    f"command {template!r}: {{{name}}} must be an argument of its own, not part "
-                    f"of {p!r}; it becomes several arguments (-d 0) or none (on the CPU)")
-        try:
-            p.format_map(dummy)
-        except KeyError as e:
-            raise SlotrunError(
-                f"command {template!r} has an unknown placeholder {{{e.args[0]}}}; valid: "
-                + ", ".join("{" + k + "}" for k in PLACEHOLDERS)) from None
-        except (ValueError, IndexError) as e:
-            raise SlotrunError(f"command {template!r} is not a valid template ({e}); "
-                               "write {{ and }} for literal braces") from None
-    return parts
-
-
-def render_command(template, values):
-    """Return the argument list of a template filled with ``values``.
-
-    A value that is a list (``device_args``) replaces its whole argument with its items.
-    """
-    argv = []
-    for p in shlex.split(template):
-        whole = values.get(p[1:-1]) if p.startswith("{") and p.endswith("}") else None
-        if isinstance(whole, (list, tuple)):
-            argv.extend(whole)
-        else:
-            argv.append(p.format_map(values))
-    return argv
-
-
-def command_values(config, overwrite, gpu=None, **extra):
-    """Return a task's placeholder values (``gpu``: its NVML index, None on the CPU)."""
-    values = {"config": config, "name": os.path.basename(config)[:-5],
-              "overwrite": str(bool(overwrite)),  # True / False, as the original tool passed it
-              # The task sees only its own GPU (CUDA_VISIBLE_DEVICES), so CUDA numbers it 0.
-              "device_args": [] if gpu is None else ["-d", "0"],
-              "gpu": "" if gpu is None else str(gpu)}
-    values.update(extra)
-    return values
-
-
-@dataclass
-class Running:
-    """A task the engine is watching."""
-
-    task_id: int
-    attempt_id: int
-    batch_id: int
-    owner: str
-    device: str
-    slot: int
-    handle: object
-    config: str
-    started_at: float
-    stop_reason: str = ""  # "cancel" or "interrupt" once a stop was asked for
-    row: dict = None  # the task as last published (to publish its end without a query)
-    memory: int = 0  # declared GPU memory need in bytes (0: none declared)
-    family: str = ""  # experiment family, for its learned need
-    number: int = 1  # the attempt's number (1 for the first run)
-
-    def record(self):
-        """Return the task as readers see it (an immutable record)."""
-        return RunningTask(self.task_id, self.attempt_id, self.batch_id, self.owner, self.device,
-                           self.slot, self.config, self.started_at,
-                           getattr(self.handle, "run_dir", "") or "")
-
-
-@dataclass
-class Queued:
-    """What the engine keeps in memory about a queued task."""
-
-    pending: Pending
-    batch_id: int
-    config: str
-    attempts: int
-
-
-@dataclass
-class Write:
-    """A durable write the engine owes the store, kept in order until it succeeds."""
-
-    apply: object  # callable doing the write; raises on failure (it is then retried)
-    what: str  # for the log and the pause reason: "record the end of task 5"
-    then: object = None  # callable run once the write succeeded
-    batch_id: int | None = None  # batches to announce as "settled" afterwards
-    config: str | None = None  # a config kept busy until the write is done
-    task_id: int | None = None  # the task it is about (kept out of the queue until done)
-
-
-@dataclass
-class Fault:
-    """A step of the loop that keeps failing."""
-
-    since: float  # monotonic time of the first failure
-    reason: str
-    count: int = 0
-    backoff: float = 0.05
-    retry_at: float = 0.0
-
-
-# -- what other threads put on the scheduler's queue ----------------------------------------------
-
-class Call(NamedTuple):
-    """Run ``fn(*args)`` on the scheduler thread; its result or error goes to ``future``."""
-
-    fn: object
-    args: tuple
-    future: Future
-
-
-class Exited(NamedTuple):
-    """A task's process ended (``code`` None: unknown, the process was lost)."""
-
-    handle: object
-    code: int | None
-
-
-class StopRequest(NamedTuple):
-    """Stop the engine (``kill``: its running tasks too, queued ones ended with ``reason``)."""
-
-    kill: bool
-    reason: str | None
-
-
-class Reading(NamedTuple):
-    """A GPU memory reading of the monitor thread."""
-
-    sample: object
-
-
-class NodeLost(NamedTuple):
-    """The executor took a node out of placement (an ``ExecutorUnavailable``)."""
-
-    error: object
-
-
-class Stopping(NamedTuple):
-    """A stop under way: whether it kills the tasks, and since when (monotonic)."""
-
-    kill: bool
-    since: float
 
 
 FAULT_BACKOFF_MAX = 5.0  # seconds between retries of a failing step, at most
 ADOPT_CHUNK = 2000  # tasks of a new batch taken into the queue per scheduler command
-
-
-@dataclass
-class BatchInfo:
-    """What the engine keeps about a batch while it has active tasks."""
-
-    id: int
-    command: str
-    overwrite: bool
-    max_retries: int = 0
-    own: bool = True  # submitted through this engine (a headless run starts only its own)
 
 
 class Engine:
@@ -344,7 +167,7 @@ class Engine:
         self._thread = None
 
     def _acquire_lock(self):
-        fd = _take_workspace_lock(self.workspace)
+        fd = take_workspace_lock(self.workspace)
         os.ftruncate(fd, 0)
         cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:6]))
         os.pwrite(fd, f"pid {os.getpid()}: {cmd}\n".encode(), 0)
@@ -1489,7 +1312,7 @@ class Engine:
             parts["usage"] = self._usage  # a new dict each time it changes
         if "running" in stale:
             old = view.running
-            parts["running"] = {t: _same_attempt(old.get(t), r) or r.record()
+            parts["running"] = {t: same_attempt(old.get(t), r) or r.record()
                                 for t, r in self.running.items()}
         if "memory" in stale:
             parts.update(task_memory=dict(self.admission.task_memory),
@@ -1516,31 +1339,3 @@ class Engine:
         if self.admission.reading_too_old(time.monotonic()):
             self._read_now()
         return self.admission.offers(self.gpu_devices, self.running, self.limits)
-
-
-def _take_workspace_lock(workspace):
-    """Take the workspace's engine lock; return its descriptor, or raise WorkspaceLocked."""
-    folder = state_dir(workspace)
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(os.path.join(folder, "engine.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-        finally:
-            os.close(fd)
-        raise WorkspaceLocked(
-            f"workspace {workspace} is already in use by another slotrun engine "
-            f"({holder or 'unknown process'}); stop it first or use another --workspace") from None
-    return fd
-
-
-def check_workspace_free(workspace):
-    """Raise WorkspaceLocked when another engine holds the workspace (the lock is not kept)."""
-    os.close(_take_workspace_lock(workspace))
-
-
-def _same_attempt(record, r):
-    """Return a published RunningTask when it is still the running attempt ``r``, else None."""
-    return record if record is not None and record.attempt_id == r.attempt_id else None

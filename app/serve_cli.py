@@ -12,8 +12,8 @@ from . import settings as settings_mod
 from .errors import SlotrunError
 from .gunicorn_app import GunicornServer
 from .paths import state_db
-from .scheduler import check_workspace_free
 from .store import Store
+from .workspace_lock import check_workspace_free
 
 THREADS = 100  # each open browser holds one thread for its websocket
 

@@ -91,6 +91,14 @@ def order_key(p):
     return (-p.priority, p.seq, p.id)
 
 
+def gpu_index(device_id):
+    """Return the GPU index of a device id ("gpu3", "node-a/gpu3"), or None for the CPU."""
+    local = device_id.rsplit("/", 1)[-1]
+    if local.startswith("gpu") and local[3:].isdigit():
+        return int(local[3:])
+    return None
+
+
 def need_of(p, learned):
     """Return a task's expected memory need: declared, else learned for its family (a learned
     0 is known), else None (unknown)."""

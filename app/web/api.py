@@ -20,8 +20,8 @@ from .. import configs as configs_mod
 from .. import pattern_helper
 from ..errors import NotFound, SlotrunError
 from ..accounts import can
+from ..commands import check_template
 from ..logs import LOG_NAME, last_line, read_from, tail_bytes
-from ..scheduler import check_template
 from ..selection import TaskFilter, plan_bulk
 from ..settings import parse_size
 from ..store import TASK_SORTS
