@@ -6,14 +6,21 @@ worker, because the engine lives in it; never ``preload`` (the app, and so the e
 in the worker, not in the master); threads, because each open browser holds one for its
 websocket. SIGTERM stops it as Ctrl-C does: the worker closes the browsers' connections,
 stops the engine (running tasks keep running, to be re-adopted by the next server) and exits.
+A start-up error found in the worker (a Ray cluster that does not answer as one) is handed to
+the serving process through a pipe and raised there: one ``error: ...`` line, as for the errors
+found before the fork, instead of a traceback and gunicorn's own shutdown lines.
 """
 
+import os
+import select
 import signal
+import time
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from . import create_app
+from .errors import SlotrunError
 
 
 class SlotrunWorker(ThreadWorker):
@@ -64,7 +71,26 @@ class GunicornServer(BaseApplication):
             "post_worker_init": _post_worker_init,
         }
         self.announce = announce
+        self._boot_error_r, self._boot_error_w = os.pipe()
+        self._serving_pid = os.getpid()
         super().__init__(prog="slotrun serve")
+
+    def run(self):
+        """Serve until stopped; raise a start-up error of the worker here, as a SlotrunError."""
+        try:
+            super().run()
+        except SystemExit:
+            if os.getpid() != self._serving_pid:
+                raise  # the worker's own exit, on its way out of the forked call stack
+            message = self._boot_error()
+            if message:
+                raise SlotrunError(message) from None
+            raise
+
+    def _boot_error(self):
+        """Return the start-up error the worker sent, or None."""
+        ready, _, _ = select.select([self._boot_error_r], [], [], 0)
+        return os.read(self._boot_error_r, 4096).decode(errors="replace") if ready else None
 
     def load_config(self):
         """Apply the options (not gunicorn's command line, nor a config file)."""
@@ -73,7 +99,17 @@ class GunicornServer(BaseApplication):
 
     def load(self):
         """Build the app, and with it the engine, in the worker; print the start-up message."""
-        app = create_app(self.app_config)
+        try:
+            app = create_app(self.app_config)
+        except SlotrunError as e:
+            # A worker that fails to boot makes gunicorn print a traceback and its own lines:
+            # the serving process stops instead (SIGTERM), then reports the message.
+            # Ray's handler would make the worker's end an error of gunicorn's: exit quietly.
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+            os.write(self._boot_error_w, e.message.encode()[:4096])
+            os.kill(os.getppid(), signal.SIGTERM)
+            while True:
+                time.sleep(1)  # until the serving process's SIGTERM ends this worker
         self.announce(app)
         return app
 

@@ -10,6 +10,7 @@ import sys
 from . import create_app
 from . import settings as settings_mod
 from .errors import SlotrunError
+from .executors.ray_address import check_reachable
 from .gunicorn_app import GunicornServer
 from .paths import state_db
 from .store import Store
@@ -96,6 +97,8 @@ def serve(args):
     # worker, so that it is one "error: ..." line (a newer database, a workspace in use).
     Store(state_db(ws)).close()
     check_workspace_free(ws)
+    if settings["executor"] == "ray":
+        check_reachable(settings["ray_address"])
     config = {"workspace": ws, "host": host, "port": port, "ANNOUNCE_SETUP": False,
               "executor": settings["executor"], "ray_address": settings["ray_address"]}
     if args.dev or args.reload:

@@ -11,19 +11,24 @@ import getpass
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import tomllib
 
 import pytest
 import requests
 import socketio
 
-from tests.helpers import ROOT, ServerProcess, make_workspace, task_env, wait_for
+from tests.helpers import ROOT, ServerProcess, free_port, make_workspace, task_env, wait_for
 
 pytestmark = pytest.mark.slow
 
 SLEEP = '{python} -c "import time; time.sleep(4); print(\'slept\')"'
+# Ray gives up on a cluster that does not answer after one short try, not after a minute.
+RAY_FAIL_FAST = {"RAY_NUM_REDIS_GET_RETRIES": "1", "RAY_py_gcs_connect_timeout_s": "2",
+                 "RAY_gcs_rpc_server_connect_timeout_s": "1"}
 CHATTER = ("development server", "production deployment", "Starting gunicorn", "Listening at",
            "Booting worker", "Using worker", "Serving Flask app")
 
@@ -101,6 +106,36 @@ def test_serve_refuses_bad_options_in_one_line(env, workspace, tmp_path):
         r = subprocess.run([sys.executable, "-m", "app", "serve", "--workspace", workspace, *args],
                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert (r.returncode, r.stderr.strip()) == (2, f"error: {message}"), r.stderr
+
+
+@pytest.mark.parametrize("answering", [False, True], ids=["nothing-listens", "not-a-ray-head"])
+def test_serve_with_a_ray_cluster_that_does_not_answer_says_so_in_one_line(env, workspace,
+                                                                          answering):
+    pytest.importorskip("ray")
+    port = free_port()
+    listener = None
+    if answering:
+        # Something accepts the connection but is no Ray head: the preflight's knock passes,
+        # and the worker's ray.init fails.
+        listener = socket.create_server(("", port))
+        threading.Thread(target=lambda: [listener.accept()[0].close() for _ in range(100)],
+                         daemon=True).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "app", "serve", "--workspace", workspace,
+                            "--port", str(free_port()), "--executor", "ray",
+                            "--ray-address", f"127.0.0.1:{port}"],
+                           env={**env, **RAY_FAIL_FAST}, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        if listener is not None:
+            listener.close()
+    errors = [line for line in r.stderr.splitlines()
+              if not re.match(r"\[\d{4}-\d\d-\d\d [\d:,]+ W \d+ \d+\]", line)]  # Ray's retries
+    assert r.returncode == 2 and len(errors) == 1, r.stderr
+    assert errors[0].startswith(f"error: cannot connect to the Ray cluster at '127.0.0.1:{port}'")
+    assert "Traceback" not in r.stderr and "[ERROR]" not in r.stderr and not r.stdout, r.stderr
+    if not answering:
+        assert "Connection refused" in errors[0] and "ray start --head" in errors[0]
 
 
 def installed_slotrun():
