@@ -14,6 +14,7 @@ import time
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROWSER_TIMEOUT_MS = 20000  # what a page's action or expect() may wait for before failing
 
 
 def wait_for(condition, timeout=10.0, interval=0.01, message=None):
@@ -176,9 +177,15 @@ def close_apps(apps):
 @contextlib.contextmanager
 def checked_page(browser, **context_options):
     """Yield a fresh page in its own context; JavaScript errors on it fail the test."""
+    # Playwright is optional (the browser tests skip without it): imported where used.
+    from playwright.sync_api import expect
+
+    # expect() waits 5 s by default: on a loaded 2-core machine a page's fetch or live update
+    # can take longer. Waiting longer costs nothing when the condition holds.
+    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
     context = browser.new_context(viewport={"width": 1280, "height": 860}, **context_options)
     pg = context.new_page()
-    pg.set_default_timeout(15000)
+    pg.set_default_timeout(BROWSER_TIMEOUT_MS)
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
