@@ -942,7 +942,7 @@ class Engine:
         files = {config: text, **self.store.config_bases(task_id)}
         if snapshots.unchanged(self.workspace, files):
             return config
-        written = snapshots.write(run_dir, files)
+        written = snapshots.write(run_dir, files, self.workspace, self.settings["results_dir"])
         return os.path.relpath(written[config], self.workspace)
 
     # -- ends ---------------------------------------------------------------------------------------

@@ -81,14 +81,17 @@ def unchanged(workspace, files):
     return all(current_text(workspace, path) == text for path, text in files.items())
 
 
-def write(folder, files):
+def write(folder, files, workspace, results_dir):
     """Write files ({workspace path: text}) under ``folder`` at the same relative places.
 
     Returns the place of each written file. A path that would leave ``folder`` (a base
     further outside the workspace than the copy is deep) is not written: run.py then reads
-    that base where it is.
+    that base where it is. The workspace's results folder (``results_dir``) is linked at its
+    own place beside the copies: a run.py that derives its results folder from the -c path
+    (configs/ -> results/, as the original tool's does) writes where the results belong.
     """
     root = os.path.join(folder, "config")
+    _link_results(root, workspace, results_dir)
     written = {}
     for path, text in files.items():
         target = os.path.normpath(os.path.join(root, path))
@@ -99,3 +102,15 @@ def write(folder, files):
             f.write(text)
         written[path] = target
     return written
+
+
+def _link_results(root, workspace, results_dir):
+    """Link ``root``/``results_dir`` to the workspace's results folder (made when missing)."""
+    link = os.path.normpath(os.path.join(root, results_dir))
+    if os.path.isabs(results_dir) or os.path.commonpath([link, root]) != root or link == root:
+        return  # results outside the workspace: a path derived from -c cannot reach them
+    target = os.path.abspath(os.path.join(workspace, results_dir))
+    os.makedirs(target, exist_ok=True)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.lexists(link):
+        os.symlink(target, link, target_is_directory=True)

@@ -172,6 +172,31 @@ def test_a_server_batch_passes_the_same_arguments(repo, server_app):
 
 
 @pytest.mark.slow
+def test_a_config_edited_while_queued_runs_as_submitted_with_results_in_their_folder(
+        repo, server_app):
+    # The original run.py derives its results folder from the -c path: the copy of the config
+    # as submitted, which the engine passes when the file changed, must lead there too.
+    client = server_app.test_client()
+    assert client.post("/api/v1/queue/pause", json={}).status_code == 200
+    r = client.post("/api/v1/batches", json={"pattern": "exp-1-1", "use_gpu": True})
+    assert r.status_code == 201, r.json
+    with open(os.path.join(repo, EXP1[0]), "w", encoding="utf-8") as f:
+        f.write("model_params:\n  name: circle\n  radius: 7.0\n")
+    assert client.post("/api/v1/queue/resume", json={}).status_code == 200
+    b = wait_for(lambda: (lambda b: b if b["finished"] else None)(
+        client.get(f"/api/v1/batches/{r.json['id']}").json), 20)
+    task = client.get(f"/api/v1/tasks/{b['tasks'][0]['id']}").json
+    assert task["state"] == "succeeded", task
+    assert task["argv"][3] != EXP1[0] and task["argv"][3].endswith(EXP1[0]), task["argv"]
+    results = os.path.join(repo, "results", "exp-1", "exp-1-1")
+    assert runs(repo)["exp-1-1"]["params"]["radius"] == 1.0  # as submitted, in its folder
+    assert os.path.exists(os.path.join(results, "trained.txt"))
+    assert completed_marker(repo, EXP1[0], settings_mod.load({"workspace": repo}))
+    again = client.post("/api/v1/batches", json={"pattern": "exp-1-1"})
+    assert again.json["tasks"][0]["state"] == "skipped", again.json
+
+
+@pytest.mark.slow
 def test_the_sample_run_py_keeps_the_same_contract(workspace):
     def sample(*args, **env):
         return subprocess.run([sys.executable, "run.py", "-c", "configs/exp-1/exp-1-1.yaml", *args],

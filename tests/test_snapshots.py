@@ -46,8 +46,12 @@ def test_collect_follows_relative_bases_and_write_mirrors_them(tmp_path):
     (ws / "shared" / "root-base.yaml").write_text("edited\n")
     assert not snapshots.unchanged(str(ws), files)
     run = tmp_path / "run"
-    written = snapshots.write(str(run), {"configs/exp/sub/a.yaml": text, **files})
+    written = snapshots.write(str(run), {"configs/exp/sub/a.yaml": text, **files}, str(ws),
+                              "results")
     copy = written["configs/exp/sub/a.yaml"]
+    # The results folder the copy's path names (configs/ -> results/) is the workspace's own.
+    derived = os.path.dirname(copy.replace("configs", "results"))
+    assert os.path.realpath(derived) == str(ws / "results" / "exp" / "sub")
     # The copy's bases resolve, relative to it, to the copies of the bases.
     base = os.path.normpath(os.path.join(os.path.dirname(copy), "../exp-base.yaml"))
     assert open(base).read() == files["configs/exp/exp-base.yaml"]
