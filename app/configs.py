@@ -97,6 +97,21 @@ def completed_marker(workspace, config, settings):
     return None
 
 
+def unmark_done(workspace, config, settings):
+    """Remove slotrun's done marker of a config whose results are about to be overwritten.
+
+    An overwrite run rewrites the results in place: a crash or a failure halfway must not
+    leave them marked complete. The ``complete_markers`` (the original tool's ``trained.txt``)
+    belong to run.py, which removes its own when told ``--overwrite True``; they may also name
+    real result files, so slotrun never deletes them.
+    """
+    folder = results_dir_for(config, settings["configs_dir"], settings["results_dir"])
+    try:
+        os.unlink(os.path.join(workspace, folder, settings["done_marker"]))
+    except FileNotFoundError:
+        pass
+
+
 def read_config(workspace, config):
     """Return a config file's text, or raise NotFound."""
     path = os.path.join(workspace, config)

@@ -805,6 +805,12 @@ class Engine:
             if marker:
                 self._skip(item, marker)
                 return 0
+        else:
+            try:  # an overwrite interrupted halfway must not leave its results marked complete
+                configs_mod.unmark_done(self.workspace, item.config, self.settings)
+            except OSError as e:
+                e.slotrun_doing = f"could not remove the done marker of {item.config}"
+                raise
         used = {r.slot for r in self.running.values() if r.device == device}
         slot = next(i for i in range(len(used) + 1) if i not in used)
         number = item.attempts + 1

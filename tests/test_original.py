@@ -196,6 +196,58 @@ def test_a_config_edited_while_queued_runs_as_submitted_with_results_in_their_fo
     assert again.json["tasks"][0]["state"] == "skipped", again.json
 
 
+def submit_and_wait(client, **body):
+    """Submit a batch; return its one task once it is ``running`` or finished."""
+    r = client.post("/api/v1/batches", json=body)
+    assert r.status_code == 201, r.json
+    tid = r.json["tasks"][0]["id"]
+    return wait_for(lambda: (lambda t: t if t["state"] not in ("queued", "starting") else None)(
+        client.get(f"/api/v1/tasks/{tid}").json), 20)
+
+
+@pytest.mark.slow
+def test_an_overwrite_cut_short_leaves_its_config_incomplete(repo, server_app, monkeypatch):
+    client = server_app.test_client()
+    results = os.path.join(repo, "results", "exp-1", "exp-1-1")
+    settings = settings_mod.load({"workspace": repo})
+    first = submit_and_wait(client, pattern="exp-1-1")
+    wait_for(lambda: client.get(f"/api/v1/tasks/{first['id']}").json["state"] == "succeeded", 20)
+    assert sorted(os.listdir(results)) == [".done", "run.json", "trained.txt"]
+    # An overwrite starts: run.py removes its trained.txt, slotrun its .done; then it is cut
+    # short. Nothing may say the half-written results are complete.
+    monkeypatch.setenv("STANDIN_SECONDS", "30")
+    task = submit_and_wait(client, pattern="exp-1-1", overwrite=True)
+    assert task["state"] == "running", task
+    wait_for(lambda: not os.path.exists(os.path.join(results, "trained.txt")), 10)
+    assert completed_marker(repo, EXP1[0], settings) is None
+    assert client.post(f"/api/v1/tasks/{task['id']}/cancel", json={}).status_code == 200
+    wait_for(lambda: client.get(f"/api/v1/tasks/{task['id']}").json["state"] == "cancelled", 20)
+    assert completed_marker(repo, EXP1[0], settings) is None
+    monkeypatch.setenv("STANDIN_SECONDS", "0.1")
+    again = submit_and_wait(client, pattern="exp-1-1")
+    assert again["state"] in ("running", "succeeded"), again  # run again, not skipped
+
+
+@pytest.mark.slow
+def test_a_retry_after_trained_txt_was_written_is_skipped_not_refused(repo, server_app):
+    # The original run.py writes trained.txt last: a run cut short after it wrote it is
+    # complete. Its retry (no overwrite) is skipped, never started to fail AlreadyTrainedError.
+    client = server_app.test_client()
+    touch_and_wait = ('{python} -c "import os, time; os.makedirs(\'{results}\', exist_ok=True); '
+                      "open(os.path.join('{results}', 'trained.txt'), 'w').close(); "
+                      'time.sleep(30)"')
+    task = submit_and_wait(client, pattern="exp-1-1", command=touch_and_wait)
+    assert task["state"] == "running", task
+    marker = os.path.join(repo, "results", "exp-1", "exp-1-1", "trained.txt")
+    wait_for(lambda: os.path.exists(marker), 10)
+    assert client.post(f"/api/v1/tasks/{task['id']}/cancel", json={}).status_code == 200
+    wait_for(lambda: client.get(f"/api/v1/tasks/{task['id']}").json["state"] == "cancelled", 20)
+    assert client.post(f"/api/v1/tasks/{task['id']}/retry", json={}).status_code == 200
+    retried = wait_for(lambda: (lambda t: t if t["state"] not in ("queued", "cancelled") else None)(
+        client.get(f"/api/v1/tasks/{task['id']}").json), 20)
+    assert retried["state"] == "skipped" and "trained.txt" in retried["message"], retried
+
+
 @pytest.mark.slow
 def test_the_sample_run_py_keeps_the_same_contract(workspace):
     def sample(*args, **env):
