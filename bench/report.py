@@ -212,6 +212,9 @@ def _judged(s, key, fig, verdicts="verdicts"):
     return "; ".join(parts)
 
 
+SERVER_ONLY = "– (a server with 8 CPU slots)"
+
+
 def targets(results):
     """Return [(measure, target, GPU mode, CPU mode, baseline, verdict)] of issue 15's targets."""
     s = results.get("summary", {})
@@ -265,16 +268,39 @@ def targets(results):
             if a.get("server_cpu_per_task_ms") else None
         out.append((f"{e['clients']} Socket.IO clients during {e['tasks']:,} tasks",
                     "server CPU per task ≤ 2× no clients; every client every final state",
+                    SERVER_ONLY,
                     f"{c['server_cpu_per_task_ms']:.2f} ms per task ({_f(ratio, '{:.2f}')}× "
                     f"{a['server_cpu_per_task_ms']:.2f} ms); "
                     f"{c.get('clients_with_every_final_state')}/{e['clients']} clients complete",
-                    "", "no clients: " + f"{a['server_cpu_per_task_ms']:.2f} ms per task",
+                    "no clients: " + f"{a['server_cpu_per_task_ms']:.2f} ms per task",
                     _mt(e.get("met"))))
     e = w.get("submits")
     if e and e.get("status") == "ok":
         out.append((f"{e['clients']} clients submitting at once", "submit p95 < 100 ms",
+                    SERVER_ONLY,
                     f"p95 {e['submit']['p95_ms']:.0f} ms (median {e['submit']['median_ms']:.0f})",
-                    "", "", _mt(e.get("met"))))
+                    "", _mt(e.get("met"))))
+    e = w.get("memory")
+    if e and e.get("status") == "ok":
+        out.append((f"server memory (RSS) after a {e['batch_tasks']:,}-task batch / after "
+                    f"{e['finished_tasks']:,} finished tasks", "reported", SERVER_ONLY,
+                    f"{e['rss_after_batch_mb']:.0f} MB / {e['rss_end_mb']:.0f} MB",
+                    f"at start {e['rss_start_mb']:.0f} MB", "reported"))
+    return out
+
+
+def load_ranges(results):
+    """Return "W1 0.4–3.1 (1.2)" for each job workload: the load average after its runs."""
+    out = []
+    names = {"w1": "W1", "w2": "W2", "w3": "W3", "gap": "slot gap"}
+    for wl, name in names.items():
+        e = results.get("workloads", {}).get(wl)
+        if not e:
+            continue
+        loads = [r["load1"] for t in e.get("tools", {}).values() for r in t.get("runs", [])
+                 if r.get("load1") is not None]
+        if loads:
+            out.append(f"{name} {min(loads):.1f}–{max(loads):.1f} ({median(loads):.1f})")
     return out
 
 
@@ -429,6 +455,10 @@ def render(results):
         for row in tt:
             L.append("| " + " | ".join(row) + " |")
         L.append("")
+        loads = load_ranges(results)
+        if loads:
+            L += ["The machine's 1-minute load average after each run (other people's tests ran "
+                  "meanwhile), min–max (median): " + "; ".join(loads) + ".", ""]
     if results.get("ray_cluster"):
         rc = results["ray_cluster"]
         L += [f"Ray cluster: start {_f(rc.get('init'), '{:.2f}')} s + worker warm-up "
