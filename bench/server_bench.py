@@ -913,6 +913,8 @@ def render(name, e):
              "submits": f"{e.get('clients', 20)} clients submitting at once",
              "memory": "The server's memory"}[name]
     L = [f"## {title}", ""]
+    if e.get("note"):  # e.g. this section measured again after a change
+        L += [e["note"], ""]
     if e.get("status") != "ok":
         return L + [f"{e.get('status')}.", ""]
     verdict = "**met**" if e.get("met") else "**not met**"
