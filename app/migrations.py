@@ -233,7 +233,7 @@ def upgrade(path, steps=None, timeout=30.0, keep=KEEP_BACKUPS):
             if found == latest:
                 return Upgrade(path, found, found, None, ())
             _refuse_newer(path, found, latest)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn, timeout)
             conn.execute("PRAGMA foreign_keys=OFF")  # a table rebuild must not cascade
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -252,6 +252,22 @@ def upgrade(path, steps=None, timeout=30.0, keep=KEEP_BACKUPS):
                 conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+def _wal(conn, timeout):
+    """Switch the database to WAL, retrying while others hold it for up to ``timeout`` s.
+
+    SQLite answers "database is locked" at once, without its busy timeout, when openers of a
+    new database race to change its journal mode: wait here instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _upgrade_locked(conn, path, steps, keep, timeout):
