@@ -5,7 +5,6 @@ Future back; a task's exit, reported by the executor's watcher, wakes it the sam
 the freed slot is refilled at once. Nothing here sleeps on a fixed period.
 """
 
-import bisect
 import json
 import logging
 import os
@@ -23,8 +22,8 @@ from .admission_state import AdmissionState
 from .commands import check_template, command_values, render_command
 from .devices import no_gpu_message
 from .ends import End, outcome, retry_left, stop_note, stopped_state
-from .engine_records import (BatchInfo, Call, Exited, Fault, NodeLost, Queued, Reading,
-                             Running, StopRequest, Stopping, Write, same_attempt)
+from .engine_records import (BatchInfo, Call, Exited, Fault, NodeLost, Reading, Running,
+                             StopRequest, Stopping, Write, same_attempt)
 from .engine_view import EngineView, QueueState
 from .errors import Conflict, NotFound, SlotrunError
 from .executors import ExecutorUnavailable, LaunchSpec, make_executor
@@ -34,8 +33,8 @@ from .recovery import Readopted, Unstarted
 from .selection import applies_to, plan_bulk
 from .settings import format_size
 from .task import (ANY_CPU, ANY_GPU, CANCELLED, CPU, FAILED, INTERRUPTED, QUEUED, RETRYABLE_STATES,
-                   SKIPPED, SUCCEEDED, DeviceState, Pending, device_kind, gpu_index, order_key,
-                   pick_from_queues)
+                   SKIPPED, SUCCEEDED, DeviceState, device_kind, gpu_index, pick_from_queues)
+from .waiting import WaitingTasks
 from .workspace_lock import take_workspace_lock
 # Kept importable from here, where they lived before (tests and scripts import them so):
 from .paths import STATE_DIR, state_dir  # noqa: F401,E402
@@ -82,9 +81,6 @@ class Engine:
             executor.on_exit = self._exited
         executor.on_unavailable = self._unavailable
         self.executor = executor
-        self.queued = {}  # task id -> Queued
-        self._queued_configs = {}  # config -> how many of its tasks are queued
-        self.queues = {}  # owner -> [Pending] sorted by order_key
         self.last_start = {}  # owner -> number of its latest start (round-robin between owners)
         self._starts = 0
         self.running = {}  # task id -> Running
@@ -96,12 +92,11 @@ class Engine:
         self._usage = {}
         self.view = EngineView()  # what readers on other threads see (see _publish_view)
         self._stale = set()  # the parts of the view changed since it was published
-        self._wanted = {}  # device tuple -> queued tasks that may use it
         self.node = os.uname().nodename
         self.holds = {}  # device -> Hold: why its free slots took no waiting task
         # GPU-memory-aware admission: its facts in app/admission.py, its state here
         self.admission = AdmissionState(settings, self._stale)
-        self._gpu_queued = 0  # queued tasks that may run on a GPU: the monitor reads while > 0
+        self.waiting = WaitingTasks(self._stale, self._gpu_work_waits)  # the queued tasks
         self._prepared = {}  # task id -> run folder asked to be made ahead of its start
         self._runs_dir = os.path.join(state_dir(self.workspace), "runs")
         self.monitor = None
@@ -130,7 +125,7 @@ class Engine:
                 adm = self.admission
                 self.monitor = MemoryMonitor(self.inventory, lambda: adm.groups,
                                              self._memory_sample, adm.sample_interval,
-                                             wanted=lambda: bool(adm.groups or self._gpu_queued))
+                                             wanted=lambda: bool(adm.groups or self.waiting.gpu))
                 self._read_now()  # a first reading, before any start
         except BaseException:
             if self.monitor is not None:
@@ -423,11 +418,11 @@ class Engine:
         if self._writes:
             released = self._owed_configs()
             self._flush_writes()
-            if any(c in self._queued_configs for c in released):
+            if any(c in self.waiting.configs for c in released):
                 # A config waited for its last run's end to be written down: it may start now.
                 started += self._dispatch(probe=probe)
         self._prepare_next()
-        if self._fault is not None and (not probe or started or not self.queued):
+        if self._fault is not None and (not probe or started or not self.waiting):
             self._fault_cleared()
 
     def _on_fault(self, exc):
@@ -548,7 +543,7 @@ class Engine:
             for t in self.store.queued_tasks():
                 if t["id"] not in orphans:
                     self._note_batch(t["batch_id"], own=False)
-                    self._enqueue(t)
+                    self.waiting.add(t)
         try:
             self._flush_writes()
         except Exception as e:  # noqa: BLE001 - the loop retries them
@@ -590,7 +585,7 @@ class Engine:
         info = self._note_batch(t["batch_id"], own=False)
         if self.only_own and not info.own:
             return  # a headless run starts only its own work
-        self._enqueue(t)
+        self.waiting.add(t)
         self._emit(t)
 
     def _note_batch(self, batch_id, own):
@@ -634,55 +629,10 @@ class Engine:
     def _owed_configs(self):
         return {w.config for w in self._writes if w.config}
 
-    # -- queue bookkeeping -------------------------------------------------------------------------
-
-    def _enqueue(self, t):
-        if t["id"] in self.queued:
-            self._dequeue(t["id"])
-        p = Pending(t["id"], t["owner"], tuple(t["devices"]), t["priority"], t["seq"], t["memory"],
-                    family_of(t["config"]), t["config"])
-        self._put(Queued(p, t["batch_id"], t["config"], t["attempts"]))
-
-    def _put(self, item):
-        p = item.pending
-        self.queued[p.id] = item
-        self._count_queued(p.devices, 1)
-        self._queued_configs[item.config] = self._queued_configs.get(item.config, 0) + 1
-        self._wanted[p.devices] = self._wanted.get(p.devices, 0) + 1
-        self._stale.add("queue")
-        q = self.queues.setdefault(p.owner, [])
-        if not q or order_key(p) > order_key(q[-1]):
-            q.append(p)
-        else:
-            bisect.insort(q, p, key=order_key)
-
-    def _dequeue(self, task_id):
-        item = self.queued.pop(task_id, None)
-        if item is None:
-            return None
-        self._count_queued(item.pending.devices, -1)
-        left = self._queued_configs.pop(item.config, 1) - 1
-        if left:
-            self._queued_configs[item.config] = left
-        wanted = self._wanted.pop(item.pending.devices, 1) - 1
-        if wanted:
-            self._wanted[item.pending.devices] = wanted
-        self._stale.add("queue")
-        q = self.queues.get(item.pending.owner, [])
-        i = bisect.bisect_left(q, order_key(item.pending), key=order_key)
-        if i < len(q) and q[i].id == task_id:
-            del q[i]
-        else:
-            q[:] = [x for x in q if x.id != task_id]
-        if not q:
-            self.queues.pop(item.pending.owner, None)
-        return item
-
-    def _count_queued(self, devices, step):
-        if any(d == ANY_GPU or gpu_index(d) is not None for d in devices):
-            self._gpu_queued += step
-            if step > 0 and self._gpu_queued == 1 and self.monitor is not None:
-                self.monitor.poke()  # GPU work waits: keep reading, it may be held by memory
+    def _gpu_work_waits(self):
+        """Keep the GPUs read while GPU work waits: it may be held back by memory."""
+        if self.monitor is not None:
+            self.monitor.poke()
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -701,7 +651,7 @@ class Engine:
             # so its slot is still free: pick again.
 
     def _dispatch_round(self, probe):
-        if (self.paused and not probe) or not self.queued:
+        if (self.paused and not probe) or not self.waiting:
             if self.holds:
                 self.holds = {}
                 self._stale.add("holds")
@@ -717,7 +667,7 @@ class Engine:
         if self.gpu_devices and any(states[d].free_slots for d in self.gpu_devices if d in states):
             self._gpu_states(states)  # a failed reading blocks the GPUs (_read_now), not the CPU
         holds = {}
-        placements = pick_from_queues(self.queues, states, by_owner, self.admission.margin,
+        placements = pick_from_queues(self.waiting.queues, states, by_owner, self.admission.margin,
                                       any_gpu=tuple(self.gpu_devices),
                                       learned=self.admission.learned,
                                       any_cpu=tuple(d for d in self.devices
@@ -759,14 +709,15 @@ class Engine:
         prepare = getattr(self.executor, "prepare", None)
         if prepare is None:
             return
-        for task_id in [t for t in self._prepared if t not in self.queued]:
+        for task_id in [t for t in self._prepared if t not in self.waiting]:
             self.executor.discard(self._prepared.pop(task_id))  # it left the queue unstarted
         ahead = min(PREPARE_AHEAD_MAX, max(1, sum(self.limits.values())))
         want = []
-        for q in self.queues.values():
+        for q in self.waiting.queues.values():
             for p in q[:ahead]:
                 if p.id not in self._prepared:
-                    d = self._prepared[p.id] = self._run_dir(p.id, self.queued[p.id].attempts + 1)
+                    number = self.waiting.get(p.id).attempts + 1
+                    d = self._prepared[p.id] = self._run_dir(p.id, number)
                     want.append(d)
         if want:
             prepare(want)
@@ -787,13 +738,13 @@ class Engine:
         A fault on the way (the store, the run folder, the executor) puts the task back in
         the queue where it was and is raised to the loop, which backs off and retries.
         """
-        item = self._dequeue(task_id)
+        item = self.waiting.remove(task_id)
         try:
             return self._launch(item, device)
         except BaseException:
             if task_id not in self.running and not any(w.task_id == task_id
                                                        for w in self._writes):
-                self._put(item)  # the task in hand goes back
+                self.waiting.put(item)  # the task in hand goes back
             raise
 
     def _launch(self, item, device):
@@ -906,7 +857,7 @@ class Engine:
             self.store.unstart_attempt(attempt_id, task_id)
         except Exception:  # noqa: BLE001 - owed: the task waits out of the queue until done
             self._owe(Write(lambda: self.store.unstart_attempt(attempt_id, task_id),
-                            f"undo the start of task {task_id}", then=lambda: self._put(item),
+                            f"undo the start of task {task_id}", then=lambda: self.waiting.put(item),
                             task_id=task_id))
 
     # -- executor faults: a node that cannot be reached --------------------------------------
@@ -1066,16 +1017,16 @@ class Engine:
                                    "total": spec.get("total", len(rows))})
         for t in rows:
             if t["state"] == QUEUED:
-                self._enqueue(t)
+                self.waiting.add(t)
         for t in rows:
             self._emit(t)
         return batch_id
 
     def _cancel_task(self, task_id):
         t = self.store.get_task(task_id)
-        if task_id in self.queued:
+        if task_id in self.waiting:
             self.store.finish_queued([task_id], CANCELLED, "cancelled before it started")
-            self._dequeue(task_id)
+            self.waiting.remove(task_id)
         elif task_id in self.running:
             self._stop_running(self.running[task_id], "cancel")
         else:
@@ -1085,11 +1036,11 @@ class Engine:
 
     def _cancel_batch(self, batch_id):
         self.store.get_batch(batch_id)
-        queued = [tid for tid, q in self.queued.items() if q.batch_id == batch_id]
+        queued = self.waiting.of_batches({batch_id})
         # Written down first: a store error leaves them queued, in memory as in the store.
         self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
         for tid in queued:
-            self._dequeue(tid)
+            self.waiting.remove(tid)
         running = [r for r in self.running.values() if r.batch_id == batch_id]
         for r in running:
             self._stop_running(r, "cancel")
@@ -1106,7 +1057,7 @@ class Engine:
                 if tid in self.running:
                     self._stop_running(self.running[tid], "cancel")
                 else:
-                    self._dequeue(tid)
+                    self.waiting.remove(tid)
                     queued.append(tid)
             self.store.finish_queued(queued, CANCELLED, "cancelled before it started")
             for t in self.store.get_tasks(queued):
@@ -1114,7 +1065,7 @@ class Engine:
         else:
             for t in self.store.requeue_many(plan.ids):
                 self._note_batch(t["batch_id"], own=True)
-                self._enqueue(t)
+                self.waiting.add(t)
                 self._emit(t)
         return plan.summary()
 
@@ -1129,12 +1080,12 @@ class Engine:
 
     def _interrupt_own(self, message):
         own = {b for b, info in self.batches.items() if info.own}
-        queued = [tid for tid, q in self.queued.items() if q.batch_id in own]
+        queued = self.waiting.of_batches(own)
         for r in list(self.running.values()):
             if r.batch_id in own:
                 self._stop_running(r, "interrupt")
         for tid in queued:
-            self._dequeue(tid)
+            self.waiting.remove(tid)
         if queued:
             self._owe(Write(lambda: self.store.finish_queued(queued, CANCELLED, message),
                             f"record that {len(queued)} queued task(s) were not started",
@@ -1147,7 +1098,7 @@ class Engine:
                            + ", ".join(sorted(RETRYABLE_STATES)) + " tasks can be retried")
         self._note_batch(t["batch_id"], own=True)
         row = self.store.requeue(task_id)
-        self._enqueue(row)
+        self.waiting.add(row)
         self._emit(row)
         return row
 
@@ -1210,11 +1161,11 @@ class Engine:
     def _set_priority(self, batch_id, priority):
         self.store.get_batch(batch_id)
         self.store.set_batch_priority(batch_id, priority)
-        ids = [tid for tid, q in self.queued.items() if q.batch_id == batch_id]
+        ids = self.waiting.of_batches({batch_id})
         for tid in ids:
-            self._dequeue(tid)
+            self.waiting.remove(tid)
         for t in (self.store.get_task(tid) for tid in ids):
-            self._enqueue(t)
+            self.waiting.add(t)
         batch = self.store.get_batch(batch_id)
         self.publish("batch", {"id": batch_id, "owner": batch["owner"], "total": batch["total"],
                                "priority": priority})
@@ -1287,7 +1238,7 @@ class Engine:
             if d in adm.oom_cap:
                 u["effective"] = self._effective_limit(d)
             h = self.holds.get(d)
-            item = self.queued.get(h.task_id) if h is not None else None
+            item = self.waiting.get(h.task_id) if h is not None else None
             hold, note = adm.note(d, u, h, item.pending if item is not None else None)
             if hold:
                 u["hold"], u["note"] = hold, note
@@ -1328,7 +1279,7 @@ class Engine:
         if "holds" in stale:
             parts["holds"] = self.holds  # a new dict each dispatch round
         if "queue" in stale:
-            parts.update(queued=len(self.queued), wanted=dict(self._wanted))
+            parts.update(queued=len(self.waiting), wanted=dict(self.waiting.wanted))
         if "pause" in stale:
             p = self.pause if self.paused else None
             parts["queue"] = QueueState(self.paused, bool(p and p["auto"]),
