@@ -136,7 +136,10 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(self.stop_signal)
             try:
-                self.proc.wait(15)
+                # gunicorn bounds its own stop by graceful_timeout (kill_grace + 15 s, 20 s by
+                # default): wait past it, so that a slow stop on a loaded machine is told
+                # apart from a stop that never comes.
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

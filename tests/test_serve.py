@@ -63,7 +63,7 @@ def test_serve_is_gunicorn_with_one_message_and_stops_cleanly_on_sigterm(env, wo
 
         pid = wait_for(started, 10)
     finally:
-        code = server.stop()  # SIGTERM; the helper would SIGKILL it after 15 s
+        code = server.stop()  # SIGTERM; the helper would SIGKILL it after 30 s
         if rec is not None:
             rec.disconnect()
     assert code == 0, server.output()
