@@ -14,6 +14,7 @@ found before the fork, instead of a traceback and gunicorn's own shutdown lines.
 import os
 import select
 import signal
+import sys
 import time
 
 from gunicorn.app.base import BaseApplication
@@ -24,21 +25,37 @@ from .errors import SlotrunError
 
 
 class SlotrunWorker(ThreadWorker):
-    """gunicorn's threaded worker, stopping at once on SIGTERM as on SIGINT.
+    """gunicorn's threaded worker, stopping at once on SIGTERM as on SIGINT and SIGQUIT.
 
     Its graceful stop would wait for every open connection, and a browser's websocket stays
-    open as long as the page does: the server would hang for ``graceful_timeout``.
+    open as long as the page does: the server would hang for ``graceful_timeout``. Its own
+    immediate stop shuts the thread pool down inside the signal handler; a signal that lands
+    while the main thread is handing a request to the pool (holding the pool's lock) then
+    waits for that lock forever, and the server never stops. Here the handler only ends the
+    worker; the exit hook shuts the pool down, outside the handler.
     """
 
     def handle_exit(self, sig, frame):
-        """Stop now (SIGTERM), as ``handle_quit`` does for SIGINT and SIGQUIT."""
-        self.handle_quit(sig, frame)
+        """Stop now (SIGTERM)."""
+        self._stop_now()
+
+    def handle_quit(self, sig, frame):
+        """Stop now (SIGINT, SIGQUIT)."""
+        self._stop_now()
+
+    def _stop_now(self):
+        self.alive = False
+        self.cfg.worker_int(self)
+        sys.exit(0)  # unwinds whatever the main thread was in, releasing its locks
 
 
 def _worker_exit(server, worker):
     """Close the app in the exiting worker: its browsers' connections, then its engine."""
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+    tpool = getattr(worker, "tpool", None)
+    if tpool is not None:
+        tpool.shutdown(wait=False)  # no new requests; the running ones end as browsers go
     app = getattr(worker, "slotrun_app", None)
     if app is not None:
         app.extensions["slotrun"].shutdown()

@@ -16,11 +16,14 @@ import subprocess
 import sys
 import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import requests
 import socketio
 
+from app.gunicorn_app import SlotrunWorker
 from tests.helpers import ROOT, ServerProcess, free_port, make_workspace, task_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -175,3 +178,27 @@ def test_the_slotrun_command(workspace, tmp_path):
     assert token.startswith("srt_")
     r = run("serve", "--help")
     assert r.returncode == 0 and "--dev" in r.stdout and "--threads" in r.stdout
+
+
+def test_a_stop_signal_while_a_request_is_handed_to_the_pool_stops_the_worker():
+    """SIGTERM may land while the worker's main thread holds its thread pool's lock (handing a
+    request over): the handler must end the worker, not wait for that lock forever."""
+    worker = SlotrunWorker.__new__(SlotrunWorker)  # gunicorn's worker, as far as the handlers use it
+    worker.alive = True
+    worker.tpool = ThreadPoolExecutor(max_workers=1)
+    worker.cfg = SimpleNamespace(worker_int=lambda w: None)
+    ended = []
+
+    def main_thread():
+        for handler in (worker.handle_exit, worker.handle_quit):
+            try:
+                with worker.tpool._shutdown_lock:  # where submit() is when the signal lands
+                    handler(15, None)
+            except SystemExit as e:
+                ended.append(e.code)
+
+    t = threading.Thread(target=main_thread, daemon=True)  # a deadlock must not hang the suite
+    t.start()
+    t.join(5)
+    assert ended == [0, 0] and not worker.alive
+    worker.tpool.shutdown(wait=False)
