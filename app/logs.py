@@ -11,15 +11,20 @@ _ERROR_LINE = re.compile(r"error|exception|fatal|traceback|abort|killed|out of m
                          r"no such file|not found|permission denied", re.IGNORECASE)
 
 
+def _read_end(path, max_bytes):
+    """Return (bytes, offset, size): the last ``max_bytes`` of a file, where they start, and
+    the file's size."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        f.seek(start)
+        return f.read(size - start), start, size
+
+
 def tail_bytes(path, max_lines=200, max_bytes=1 << 20):
     """Return (text, size) of the last ``max_lines`` lines of a log (at most max_bytes read)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read(size - start)
+        data, start, size = _read_end(path, max_bytes)
     except FileNotFoundError:
         return "", 0
     lines = data.splitlines(keepends=True)
@@ -62,12 +67,7 @@ def first_error_line(path, max_bytes=65536, width=300):
     (``error: configs/x.yaml is not valid YAML: ...``). Cut to ``width`` characters.
     """
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read(size - start)
+        data, start, _ = _read_end(path, max_bytes)
     except OSError:
         return None
     lines = data.decode("utf-8", "replace").splitlines()
