@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (CHROMIUM, ServerProcess, checked_page, launch_chromium, make_workspace,
                            task_env, wait_for)
+from tests.test_faults import unwritable
 
 pytestmark = [
     pytest.mark.browser,
@@ -350,6 +351,38 @@ def test_filters_pagination_and_actions(page, server):
         assert [int(r.get_attribute("data-task")) for r in rows.all()] == want
     finally:
         server.json_api("POST", "/queue/resume")
+
+
+def test_a_queue_paused_by_a_fault_says_why_and_resumes_by_itself(browser, tmp_path):
+    """The run folders cannot be made: the queue pauses itself and the page says why; once
+    they can, it resumes by itself, the page says so live, and every task runs."""
+    ws = make_workspace(tmp_path / "ws")
+    env = task_env(SLOTRUN_FAKE_GPUS=2, SLOTRUN_FAKE_GPU_DIR=str(tmp_path / "fakegpu"),
+                   SLOTRUN_AUTH="false", SLOTRUN_FAULT_PAUSE_AFTER=1, SLOTRUN_SIM_TIME=0.2)
+    env.pop("SLOTRUN_WORKSPACE", None)
+    srv = ServerProcess(tmp_path / "server.log", env, cwd=ws)
+    runs = os.path.join(ws, ".slotrun", "runs")
+    try:
+        with checked_page(browser) as page:
+            page.goto(srv.url + "/")
+            state = page.locator("#queue-state")
+            expect(state).to_have_text("Queue running")
+            with unwritable(runs):
+                batch = submit(srv, "exp-1")
+                expect(state).to_contain_text(
+                    "Queue paused by a fault, resumes by itself: could not start task")
+                assert "runs" in state.get_attribute("title")
+                page.reload()  # a page opened during the pause says why too
+                expect(state).to_contain_text(
+                    "Queue paused by a fault, resumes by itself: could not start task")
+                tasks = srv.json_api("GET", f"/tasks?batch={batch['id']}")[1]["tasks"]
+                assert {t["state"] for t in tasks} == {"queued"}  # nothing failed meanwhile
+            expect(state).to_have_text("Queue running")
+            wait_batch_done(srv, batch["id"])
+        tasks = srv.json_api("GET", f"/tasks?batch={batch['id']}")[1]["tasks"]
+        assert len(tasks) == 3 and {t["state"] for t in tasks} == {"succeeded"}
+    finally:
+        srv.stop()
 
 
 def test_page_reconnects_after_a_server_restart_and_catches_up(page, server):

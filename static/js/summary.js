@@ -28,12 +28,22 @@ export function slotsText(slots, paused) {
   return { value: `${s.usable_used} / ${s.usable}`, sub };
 }
 
+/** The queue's state in words: running, paused by a user, or paused by slotrun for a fault
+ * (with the fault; the queue resumes by itself once it is gone). */
+export function queueStateText(paused, pause) {
+  if (!paused) return "Queue running";
+  if (pause && pause.auto && pause.reason) return `Queue paused by a fault, resumes by itself: ${pause.reason}`;
+  if (pause && pause.reason) return `Queue paused: ${pause.reason}`;
+  return "Queue paused: nothing new starts";
+}
+
 /** The summary tiles and the queue's pause switch. */
 export class Summary {
   constructor() {
     this.counts = {};
     this.slots = null;
     this.paused = null;
+    this.pause = null; // {auto, reason, since} while paused
     this.paint = rafBatch(() => this.flush());
     this.refresh = throttle(() => this.load(), 800);
     this.toggle = document.getElementById("queue-toggle");
@@ -46,10 +56,15 @@ export class Summary {
     this.setQueue(await api.status());
   }
 
-  /** Apply a "queue" event or a GET /status answer: {paused, counts, total, slots}. */
+  /** Apply a "queue" event ({paused, auto, reason, since, counts, total, slots}) or a GET /status
+   * answer ({paused, queue: {paused, auto, reason, since}, counts, total, slots}). */
   setQueue(q) {
     if (!q) return;
-    if (q.paused !== undefined) this.paused = Boolean(q.paused);
+    if (q.paused !== undefined) {
+      const p = q.queue || q; // GET /status gives the pause's details under "queue"
+      this.paused = Boolean(q.paused);
+      this.pause = q.paused ? { auto: Boolean(p.auto), reason: p.reason || null, since: p.since || null } : null;
+    }
     if (q.counts) this.counts = q.counts;
     if (q.slots) this.slots = q.slots;
     this.paint();
@@ -75,7 +90,9 @@ export class Summary {
     if (this.control && this.paused !== null) {
       this.control.hidden = false;
       this.control.dataset.paused = this.paused ? "1" : "0";
-      setText(document.getElementById("queue-state"), this.paused ? "Queue paused: nothing new starts" : "Queue running");
+      const state = document.getElementById("queue-state");
+      setText(state, queueStateText(this.paused, this.pause));
+      state.title = this.pause && this.pause.reason ? this.pause.reason : "";
       if (this.toggle) {
         this.toggle.hidden = !may("queue");
         setText(this.toggle, this.paused ? "Resume queue" : "Pause queue");
