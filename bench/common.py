@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark suite: paths, timing, statistics, machine facts."""
 
 import datetime
+import json
 import os
 import platform
 import resource
@@ -143,6 +144,14 @@ def machine_info():
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_1min_at_start": load,
     }
+
+
+def write_result(path, result):
+    """Write a benchmark's result as JSON to ``path`` and print it (without the machine facts)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
 
 
 def log(message):

@@ -13,7 +13,6 @@ what ran.
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.common import PY, clean_env, log, machine_info  # noqa: E402
+from bench.common import PY, clean_env, log, machine_info, write_result  # noqa: E402
 from bench.soak import free_port  # noqa: E402
 
 STAMP = os.path.join(HERE, "tasks", "soak_task.py")
@@ -181,10 +180,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result["machine"] = machine_info()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_result(args.out, result)
     return 0
 
 

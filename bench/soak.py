@@ -24,7 +24,6 @@ to the end. Reported:
 
 import argparse
 import bisect
-import json
 import os
 import random
 import shutil
@@ -40,7 +39,7 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.common import PY, clean_env, log, machine_info  # noqa: E402
+from bench.common import PY, clean_env, log, machine_info, write_result  # noqa: E402
 
 TASK = os.path.join(HERE, "tasks", "soak_task.py")
 FINAL = {"succeeded", "failed", "cancelled", "interrupted", "skipped"}
@@ -310,10 +309,7 @@ def main(argv=None):
     result = soak(args.configs, args.kills, args.gpus, args.slots, args.seed, args.min_up,
                   args.max_up, root=root, keep=args.keep, settings=settings)
     result["machine"] = machine_info()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_result(args.out, result)
     bad = result["lost"] or result["run_twice"] or result["wrong_states"]
     return 1 if bad else 0
 

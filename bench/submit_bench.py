@@ -18,7 +18,6 @@ other, on this machine:
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.common import PY, clean_env, log, machine_info, percentile  # noqa: E402
+from bench.common import PY, clean_env, log, machine_info, percentile, write_result  # noqa: E402
 from bench.soak import free_port  # noqa: E402
 
 STAMP = os.path.join(HERE, "tasks", "stamp.py")
@@ -261,10 +260,7 @@ def main(argv=None):
                                                 args.big)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_result(args.out, result)
     return 0
 
 
