@@ -73,15 +73,26 @@ def gpu(history, dev):
     return next(d for d in history["devices"] if d["id"] == dev)
 
 
+def samples(history, dev):
+    """Return how many samples a device has in a history (0 while it has none)."""
+    return next((len(d["t"]) for d in history["devices"] if d["id"] == dev), 0)
+
+
 # -- GPU history --------------------------------------------------------------------------------
 
 def test_history_fills_over_time_and_marks_slotrun_tasks(client, ws):
     write_config(ws, "hist", "hist-1", sim_time=1.5, gpu_memory="[[0, 3GiB]]")
     first = client.get("/api/v1/devices/history?minutes=5").json
     assert first["minutes"] == 5 and first["interval"] == pytest.approx(0.1)
-    n0 = len(gpu(first, "gpu0")["t"]) if any(d["id"] == "gpu0" for d in first["devices"]) else 0
-    later = wait_for(lambda: (lambda h: h if len(gpu(h, "gpu0")["t"]) >= n0 + 3 else None)(
-        client.get("/api/v1/devices/history").json), timeout=10)
+    n0 = samples(first, "gpu0")
+
+    def grown():
+        """Return the history once gpu0 has 3 more samples (it may have none yet: the sampler
+        records its first reading a moment after the app starts)."""
+        h = client.get("/api/v1/devices/history").json
+        return h if samples(h, "gpu0") >= n0 + 3 else None
+
+    later = wait_for(grown, timeout=10)
     g0 = gpu(later, "gpu0")
     assert g0["kind"] == "gpu" and g0["memory_total"] == 24 * GIB
     assert g0["t"] == sorted(g0["t"])
