@@ -56,6 +56,11 @@ class Write:
     batch_id: int | None = None  # batches to announce as "settled" afterwards
     config: str | None = None  # a config kept busy until the write is done
     task_id: int | None = None  # the task it is about (kept out of the queue until done)
+    marker: object = None  # a done_markers.Ticket to wait for (written before this), or None
+
+    def ready(self):
+        """Return whether it may be written now (its done marker, if any, exists)."""
+        return self.marker is None or self.marker.done
 
 
 @dataclass
@@ -84,6 +89,10 @@ class Exited(NamedTuple):
 
     handle: object
     code: int | None
+
+
+class MarkersWritten(NamedTuple):
+    """The done-marker thread wrote markers: the ends waiting for them may be written down."""
 
 
 class StopRequest(NamedTuple):

@@ -22,8 +22,9 @@ from .admission_state import AdmissionState
 from .commands import check_template, command_values, render_command
 from .devices import no_gpu_message
 from .ends import End, outcome, retry_left, stop_note, stopped_state
-from .engine_records import (BatchInfo, Call, Exited, Fault, NodeLost, Reading, Running,
-                             StopRequest, Stopping, Write, same_attempt)
+from .done_markers import DoneMarkers
+from .engine_records import (BatchInfo, Call, Exited, Fault, MarkersWritten, NodeLost, Reading,
+                             Running, StopRequest, Stopping, Write, same_attempt)
 from .engine_view import EngineView, QueueState
 from .errors import Conflict, NotFound, SlotrunError
 from .executors import ExecutorUnavailable, LaunchSpec, make_executor
@@ -48,6 +49,7 @@ PREPARE_AHEAD_MAX = 64
 
 
 FAULT_BACKOFF_MAX = 5.0  # seconds between retries of a failing step, at most
+MARKER_WAIT = 5.0  # seconds a command or a stop waits for the done markers asked for
 ADOPT_CHUNK = 2000  # tasks of a new batch taken into the queue per scheduler command
 
 
@@ -74,6 +76,9 @@ class Engine:
         self._fault = None  # Fault while a step keeps failing
         self._kick = True  # run a step at once (start-up, resume) without waiting for a command
         self._writes = []  # Write records not yet done, oldest first
+        # Done markers are written by a thread of their own (never between an exit and the
+        # next start); an end is written down once its marker exists.
+        self._markers = DoneMarkers(lambda: self._q.put(MarkersWritten()))
         self.completed_by = {}  # config -> {"id", "batch_id"} of the task that last completed it
         if executor is None:
             executor = make_executor(settings.get("executor", "local"), settings, self._exited)
@@ -98,6 +103,7 @@ class Engine:
         self.admission = AdmissionState(settings, self._stale)
         self.waiting = WaitingTasks(self._stale, self._gpu_work_waits)  # the queued tasks
         self._prepared = {}  # task id -> run folder asked to be made ahead of its start
+        self._started = []  # tasks started in this step, published at its end
         self._runs_dir = os.path.join(state_dir(self.workspace), "runs")
         self.monitor = None
 
@@ -154,6 +160,7 @@ class Engine:
         self._q.put(StopRequest(kill_tasks, reason))
         self._stopped.wait(timeout)
         self._thread.join(timeout=1)
+        self._markers.close()
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
@@ -406,7 +413,7 @@ class Engine:
                        - time.monotonic())
         if self._fault is not None:
             return max(0.0, self._fault.retry_at - time.monotonic())
-        if self._writes:
+        if self._writes and self._writes[0].ready():
             return 0
         return None  # nothing to do until a command, an exit or a sample arrives
 
@@ -414,13 +421,19 @@ class Engine:
         """Run one unit of work: start what fits, then write down what is owed."""
         self._kick = False
         probe = self.paused and self.pause and self.pause["auto"] and self.auto_resume
-        started = self._dispatch(probe=probe)
-        if self._writes:
-            released = self._owed_configs()
-            self._flush_writes()
-            if any(c in self.waiting.configs for c in released):
-                # A config waited for its last run's end to be written down: it may start now.
-                started += self._dispatch(probe=probe)
+        try:
+            started = self._dispatch(probe=probe)
+            if self._writes:
+                # The starts' process records and the ends owed: one transaction.
+                released = self._owed_configs()
+                self._flush_writes()
+                if any(c in self.waiting.configs for c in released):
+                    # A config waited for its last run's end to be written down: it may
+                    # start now.
+                    started += self._dispatch(probe=probe)
+                    self._flush_writes()
+        finally:
+            self._emit_started()  # once their process is written down (or owed: a fault)
         self._prepare_next()
         if self._fault is not None and (not probe or started or not self.waiting):
             self._fault_cleared()
@@ -474,6 +487,7 @@ class Engine:
                 return
             if self._fault is None:
                 try:
+                    self._markers.wait_idle(MARKER_WAIT)
                     self._flush_writes()  # a command sees every ended task written down
                 except Exception as e:  # noqa: BLE001 - retried by the loop; the command goes on
                     self._on_fault(e)
@@ -495,6 +509,7 @@ class Engine:
             self.admission.observe(item.sample, self.running)
         elif isinstance(item, NodeLost):
             self._take_out(item.error)
+        # MarkersWritten only wakes the loop: its step writes the ends down
 
     def _finish_stop(self):
         stopping = self._stopping
@@ -503,6 +518,7 @@ class Engine:
             if time.monotonic() - stopping.since < grace:
                 return False  # wait for the stopped tasks' exits (they wake this thread)
         try:
+            self._markers.wait_idle(MARKER_WAIT)
             self._flush_writes()
         except Exception as e:  # noqa: BLE001 - the next engine reads ends from the exit files
             log.error("stopping with %d record(s) not written (%s); the next engine recovers "
@@ -545,6 +561,7 @@ class Engine:
                     self._note_batch(t["batch_id"], own=False)
                     self.waiting.add(t)
         try:
+            self._markers.wait_idle(MARKER_WAIT)  # the ends found are written down before a start
             self._flush_writes()
         except Exception as e:  # noqa: BLE001 - the loop retries them
             self._on_fault(e)
@@ -604,12 +621,22 @@ class Engine:
         self._writes.append(write)
 
     def _flush_writes(self):
-        """Do the writes owed, oldest first; a failure keeps it and the rest for a retry."""
+        """Do the writes owed, oldest first, up to one still waiting for its done marker; a
+        failure keeps it and the rest for a retry.
+
+        What is ready is written in one transaction (one commit for the ends and process
+        records of a step); when that fails they are written one by one, so the one that
+        fails is named and the ones before it are done."""
         if not self._writes:
             return
         batches = set()
         try:
-            while self._writes:
+            ready = 0
+            while ready < len(self._writes) and self._writes[ready].ready():
+                ready += 1
+            if ready > 1:
+                self._flush_group(ready, batches)
+            while self._writes and self._writes[0].ready():
                 w = self._writes[0]
                 try:
                     w.apply()
@@ -625,6 +652,29 @@ class Engine:
             if batches:
                 # Readers that count from the store (batch progress) may recount now.
                 self.publish("settled", {"batches": sorted(batches)})
+
+    def _flush_group(self, count, batches):
+        group = self._writes[:count]
+        try:
+            with self.store.grouped():
+                for w in group:
+                    w.apply()
+        except Exception as e:  # noqa: BLE001 - written one by one next, naming the failing one
+            log.debug("writing %d records at once failed (%s); writing them one by one",
+                      count, e)
+            return
+        del self._writes[:count]
+        error = None
+        for w in group:
+            if w.batch_id is not None:
+                batches.add(w.batch_id)
+            if w.then is not None:
+                try:
+                    w.then()
+                except Exception as e:  # noqa: BLE001 - the others' still run; raised after
+                    error = error or e
+        if error is not None:
+            raise error
 
     def _owed_configs(self):
         return {w.config for w in self._writes if w.config}
@@ -823,18 +873,24 @@ class Engine:
                                             slot, handle, config, now, memory=p.memory,
                                             family=p.family, number=number)
         self._stale.add("running")
-        record = Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
-                                                              handle.pid_start, handle.boot_id),
-                       f"record the process of task {task_id}")
-        try:
-            record.apply()
-        except Exception:  # noqa: BLE001 - it runs: owe the record, never lose the process
-            self._owe(record)
+        # Written with the step's other records (ends), in one transaction; until then (a
+        # crash) the pid is read back from the run folder's record.
+        self._owe(Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
+                                                               handle.pid_start, handle.boot_id),
+                        f"record the process of task {task_id}"))
         if idx is not None and self.admission.started(task_id, device, handle.pid, p) \
                 and self.monitor is not None:
             self.monitor.poke()  # the first GPU task: start reading
-        r.row = self._emit_task(task_id)
+        self._started.append(task_id)
         return 1
+
+    def _emit_started(self):
+        """Publish the tasks started in this step (their row is kept to publish their end)."""
+        started, self._started = self._started, []
+        for task_id in started:
+            r = self.running.get(task_id)
+            if r is not None:
+                r.row = self._emit_task(task_id)
 
     def _skip(self, item, marker):
         """End a queued task whose config's results are complete by now."""
@@ -927,7 +983,9 @@ class Engine:
         if not handle.extra.get("stopped"):
             # The end is when the process ended (the exit file's time), not when it was
             # noticed; a task whose leftovers had to be stopped ended when they were gone.
-            now = min(now, (exit_time(handle.run_dir) if handle.run_dir else None) or now)
+            ended = handle.extra.get("ended_at") if "ended_at" in handle.extra else (
+                exit_time(handle.run_dir) if handle.run_dir else None)  # read by the watcher
+            now = min(now, ended or now)
         if r.stop_reason:
             state, message = stopped_state(r.stop_reason)
         elif code is None:
@@ -978,10 +1036,6 @@ class Engine:
     def _end_write(self, end, publish=True):
         """Return the Write of an attempt's ``End`` (with its automatic requeue, if any)."""
         def apply():
-            if end.state == SUCCEEDED:
-                # The marker first: a crash after it re-reads the same end from the exit
-                # file, never re-runs the config.
-                self._mark_done(end.config)
             self.store.finish_attempt(end.attempt_id, end.task_id, end.state, end.code,
                                       end.message, end.when, end.peak, requeue=end.requeue)
 
@@ -993,18 +1047,18 @@ class Engine:
             elif publish:
                 self._emit_task(end.task_id)
 
+        # The marker first: a crash after it re-reads the same end from the exit file,
+        # never re-runs the config.
+        marker = self._mark_done(end.config) if end.state == SUCCEEDED else None
         return Write(apply, f"record the end of task {end.task_id}", then=then,
-                     batch_id=end.batch_id, config=end.config, task_id=end.task_id)
+                     batch_id=end.batch_id, config=end.config, task_id=end.task_id,
+                     marker=marker)
 
     def _mark_done(self, config):
+        """Have a config's done marker written; return its Ticket."""
         folder = os.path.join(self.workspace, configs_mod.results_dir_for(
             config, self.settings["configs_dir"], self.settings["results_dir"]))
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, self.settings["done_marker"]), "a", encoding="utf-8"):
-                pass
-        except OSError as e:
-            log.warning("could not write the done marker in %s: %s", folder, e)
+        return self._markers.ask(folder, self.settings["done_marker"])
 
     # -- command bodies (scheduler thread) ----------------------------------------------------
 

@@ -5,6 +5,7 @@ SQLite in WAL mode; one connection per thread; every write is one transaction. O
 ``Store`` brings the database to the current schema version first (see app/migrations.py).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -110,7 +111,23 @@ class Store:
         return migrations.schema_version(self._conn())
 
     def _write(self):
+        if getattr(self._local, "group", False):
+            return _Joined(self._conn())  # part of the group's transaction
         return _Tx(self._conn(), self.path)
+
+    @contextlib.contextmanager
+    def grouped(self):
+        """Make the writes done inside (on this thread) one transaction: one commit for
+        them all, or none of them when one fails."""
+        if getattr(self._local, "group", False):
+            yield
+            return
+        with _Tx(self._conn(), self.path):
+            self._local.group = True
+            try:
+                yield
+            finally:
+                self._local.group = False
 
     def set_busy_timeout(self, seconds):
         """Set how long this thread's writes wait for another writer before they give up."""
@@ -773,6 +790,19 @@ class NotifyStore:
 def _prefs(row):
     return {"webhook": row["webhook"], "email": row["email"],
             "events": [e for e in row["events"].split(",") if e], "updated_at": row["updated_at"]}
+
+
+class _Joined:
+    """A write inside a ``Store.grouped`` transaction: its errors fail the whole group."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        return False
 
 
 class _Tx:

@@ -135,13 +135,17 @@ class ChildHandle(Handle):
 
 class _Preparer:
     """Makes run folders ahead of their start, on a thread of its own (a file creation can
-    take a millisecond on a busy disk: never on the path from an exit to the next start)."""
+    take a millisecond on a busy disk: never on the path from an exit to the next start).
+
+    The lock guards only the bookkeeping, never a file creation: a start (``taken``) never
+    waits for the folder being made for another task."""
 
     def __init__(self):
         self._q = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.wanted = set()  # run folders asked for and not started or discarded since
         self.made = set()  # run folders this made (emptied again by ``discard``)
+        self.making = {}  # run folder being made now -> what happened to it meanwhile
         self._thread = None
 
     def ask(self, run_dirs):
@@ -160,6 +164,8 @@ class _Preparer:
         with self._lock:
             self.wanted.discard(run_dir)
             self.made.discard(run_dir)
+            if run_dir in self.making:
+                self.making[run_dir] = _TAKEN
 
     def discard(self, run_dir):
         """Remove a folder made ahead for an attempt that will not start (if still empty)."""
@@ -167,14 +173,18 @@ class _Preparer:
             self.wanted.discard(run_dir)
             made = run_dir in self.made
             self.made.discard(run_dir)
-            if made:
-                _remove_empty(run_dir)
+            if run_dir in self.making:
+                self.making[run_dir] = _DISCARDED  # removed once made
+            elif made:
+                _remove_empty(run_dir)  # rare (cancelled, skipped): a start may wait for it
 
     def close(self):
         with self._lock:
             left = list(self.made)
             self.made.clear()
             self.wanted.clear()
+            for d in self.making:
+                self.making[d] = _DISCARDED
             thread, self._thread = self._thread, None
         if thread is not None:
             self._q.put(None)
@@ -188,15 +198,27 @@ class _Preparer:
             if dirs is None:
                 return
             for d in dirs:
-                with self._lock:  # one folder at a time: never beside its discard
+                with self._lock:
                     if d not in self.wanted:
                         continue
-                    try:
-                        make_run_dir(d)
-                    except OSError as e:  # the start makes it again and reports the error
-                        log.debug("could not prepare %s: %s", d, e)
-                        continue
-                    self.made.add(d)
+                    self.making[d] = _WANTED
+                try:
+                    make_run_dir(d)
+                    error = None
+                except OSError as e:  # the start makes it again and reports the error
+                    error = e
+                with self._lock:
+                    fate = self.making.pop(d, _DISCARDED)
+                    if error is None and fate == _WANTED:
+                        self.made.add(d)
+                    elif error is None and fate == _DISCARDED:
+                        _remove_empty(d)  # its task left the queue while it was being made
+                if error is not None:
+                    log.debug("could not prepare %s: %s", d, error)
+
+
+# What became of a run folder while the preparer was making it.
+_WANTED, _TAKEN, _DISCARDED = "wanted", "taken", "discarded"
 
 
 def make_run_dir(run_dir):
@@ -376,6 +398,8 @@ class LocalExecutor:
             code = 128 - rc if rc < 0 else rc
         else:
             code = read_exit_code(handle.run_dir)
+        # When the wrapper wrote the exit down (read here, off the scheduler thread).
+        handle.extra["ended_at"] = exit_time(handle.run_dir)
         if pidfd is not None:
             os.close(pidfd)
         job = self.stops.after_exit(handle.attempt_id, self._tree(handle), self.kill_grace,
