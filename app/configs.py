@@ -15,9 +15,10 @@ def is_base(name):
     return name.endswith(BASE_SUFFIXES)
 
 
-def all_configs(workspace, configs_dir="configs"):
-    """Return every task config under configs/, as workspace-relative paths, sorted."""
-    root = os.path.join(workspace, configs_dir)
+def all_configs(workspace, configs_dir="configs", under=None):
+    """Return every task config under configs/ (or only under its subfolder ``under``, a
+    workspace-relative path), as workspace-relative paths, sorted."""
+    root = os.path.join(workspace, under or configs_dir)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -55,12 +56,63 @@ def match_configs(workspace, pattern, configs_dir="configs", max_length=None, ti
     compiled = compile_pattern(pattern, max_length)
     deadline = None if timeout is None else time.monotonic() + timeout
     out = []
-    for path in all_configs(workspace, configs_dir):
+    for path in all_configs(workspace, configs_dir, _fixed_folder(workspace, pattern,
+                                                                  configs_dir)):
         if deadline is not None and time.monotonic() > deadline:
             raise _too_slow(pattern, timeout)
         if compiled.search(path):
             out.append(path)
     return out
+
+
+_SPECIAL = set(".^$*+?{}[]\\|()")
+
+
+def _fixed_folder(workspace, pattern, configs_dir):
+    """Return the subfolder of configs/ every match must lie in, when the pattern says so
+    (``^configs/exp-1/...``: only that folder is listed), else None (all of configs/)."""
+    if not pattern.startswith("^") or "(?" in pattern or _alternates(pattern):
+        return None
+    literal = []
+    for ch in pattern[1:]:
+        if ch in _SPECIAL:
+            if ch in "*+?{" and literal:
+                literal.pop()  # quantified: that character may be absent or repeated
+            break
+        literal.append(ch)
+    folder = "".join(literal).rpartition("/")[0]
+    if not folder.startswith(configs_dir.rstrip("/") + "/"):
+        return None
+    root = os.path.join(workspace, folder)
+    # Listed as the whole walk would: not through a link, not into a hidden folder.
+    if any(part.startswith(".") for part in folder.split("/")) or \
+            os.path.realpath(root) != os.path.join(os.path.realpath(workspace), folder):
+        return None
+    return folder
+
+
+def _alternates(pattern):
+    """Return True when the pattern has a top-level ``|`` (its ``^`` binds one branch)."""
+    depth, i, in_class = 0, 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            i += 2 if pattern[i + 1:i + 2] == "]" else 3 if pattern[i + 1:i + 3] == "^]" else 1
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth <= 0:
+            return True
+        i += 1
+    return False
 
 
 def _too_slow(pattern, timeout):

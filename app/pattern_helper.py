@@ -129,7 +129,7 @@ class _PatternMatcher:
     be free instead of starting a process each (a process start costs more than a match).
     """
 
-    MAX_IDLE = 2
+    MAX_IDLE = 4
     MAX_WORKERS = 4
     WAIT_MAX = 10.0  # seconds a request may wait for a free helper before it is refused
 

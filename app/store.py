@@ -113,7 +113,18 @@ class Store:
     def _write(self):
         if getattr(self._local, "group", False):
             return _Joined(self._conn())  # part of the group's transaction
-        return _Tx(self._conn(), self.path)
+        return _Tx(self._conn(), self.path, self._writer(), self._busy())
+
+    def _writer(self):
+        lock = self.__dict__.get("_writer_lock")
+        if lock is None:
+            with _WRITERS_LOCK:
+                lock = _WRITERS.setdefault(os.path.realpath(self.path), threading.RLock())
+            self._writer_lock = lock
+        return lock
+
+    def _busy(self):
+        return getattr(self._local, "busy", self.timeout)
 
     @contextlib.contextmanager
     def grouped(self):
@@ -122,7 +133,7 @@ class Store:
         if getattr(self._local, "group", False):
             yield
             return
-        with _Tx(self._conn(), self.path):
+        with _Tx(self._conn(), self.path, self._writer(), self._busy()):
             self._local.group = True
             try:
                 yield
@@ -132,6 +143,7 @@ class Store:
     def set_busy_timeout(self, seconds):
         """Set how long this thread's writes wait for another writer before they give up."""
         self._conn().execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        self._local.busy = float(seconds)
 
     def close(self):
         """Close this thread's connection."""
@@ -805,6 +817,14 @@ class _Joined:
         return False
 
 
+# One lock per database file for the writers of this process. SQLite makes a writer that
+# finds the file locked sleep and retry (1, 2, 5, 10 … 100 ms); between the threads of one
+# process the lock is handed over at once instead, and the busy timeout is left to the
+# writers of other processes.
+_WRITERS = {}
+_WRITERS_LOCK = threading.Lock()
+
+
 class _Tx:
     """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error).
 
@@ -812,29 +832,41 @@ class _Tx:
     timeout, disk full, read-only, I/O error) raises StoreUnavailable naming the file.
     """
 
-    def __init__(self, conn, path):
+    def __init__(self, conn, path, writer, busy):
         self.conn = conn
         self.path = path
+        self.writer = writer  # this process's lock of the file's writers
+        self.busy = busy  # seconds to wait for it, as SQLite waits for other processes
 
     def __enter__(self):
+        if not self.writer.acquire(timeout=self.busy):
+            raise StoreUnavailable(f"the state database {self.path} cannot be written: another "
+                                   f"write of this process held it for over {self.busy:g} s")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
+            self.writer.release()
             raise self._unavailable(e) from None
+        except BaseException:
+            self.writer.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                self._rollback()
-                raise self._unavailable(e) from None
+        try:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.OperationalError as e:
+                    self._rollback()
+                    raise self._unavailable(e) from None
+                return False
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._unavailable(exc) from None
             return False
-        self._rollback()
-        if isinstance(exc, sqlite3.OperationalError):
-            raise self._unavailable(exc) from None
-        return False
+        finally:
+            self.writer.release()
 
     def _rollback(self):
         if self.conn.in_transaction:

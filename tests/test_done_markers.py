@@ -143,3 +143,32 @@ def test_a_start_does_not_wait_for_another_folder_being_made(workspace, monkeypa
     finally:
         gate.set()
         eng.stop()
+
+
+def test_a_write_waiting_for_another_thread_s_write_gives_up_after_its_busy_timeout(tmp_path):
+    """Writers of one process take turns on one lock; one that waits longer than its busy
+    timeout gets a clear error, and writes again once the other one is done."""
+    from app.errors import StoreUnavailable
+
+    store = Store(str(tmp_path / "state.db"))
+    holding, release = threading.Event(), threading.Event()
+
+    def long_write():
+        with store.grouped():
+            store.set_state("long", "1")
+            holding.set()
+            release.wait(20)
+
+    t = threading.Thread(target=long_write)
+    t.start()
+    try:
+        assert holding.wait(10)
+        store.set_busy_timeout(0.2)
+        with pytest.raises(StoreUnavailable, match=r"state\.db cannot be written: another write "
+                                                   r"of this process held it for over 0\.2 s"):
+            store.set_state("short", "1")
+    finally:
+        release.set()
+        t.join(10)
+    store.set_state("short", "2")
+    assert (store.get_state("long"), store.get_state("short")) == ("1", "2")

@@ -88,3 +88,24 @@ def test_a_request_that_gets_no_helper_in_time_is_refused_and_the_helpers_recove
     # Its helper is free again (or was killed and forgotten): the next request gets one.
     assert ask(matcher, workspace, "^configs/b/b0") == ["configs/b/b0.yaml"]
     assert matcher._out == 0
+
+
+def test_helpers_started_for_a_burst_are_kept_for_the_next_one(matcher, workspace):
+    """A second burst of submits finds the helpers of the first one idle: no new process."""
+    def burst():
+        barrier = threading.Barrier(matcher.MAX_WORKERS * 2)
+
+        def one():
+            barrier.wait()
+            assert ask(matcher, workspace, "^configs/b/") == [f"configs/b/b{i}.yaml"
+                                                              for i in range(5)]
+        threads = [threading.Thread(target=one) for _ in range(matcher.MAX_WORKERS * 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    burst()
+    assert len(matcher._idle) == len(matcher.started) and matcher._out == 0  # none killed
+    burst()
+    assert len(matcher.started) <= matcher.MAX_WORKERS  # the second burst reused them
+    assert len(matcher._idle) == len(matcher.started) and matcher._out == 0
