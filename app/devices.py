@@ -15,8 +15,6 @@ as NVML does inside a container with its own PID namespace (``pids_elsewhere``).
 
 import logging
 import os
-import socket
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -65,8 +63,12 @@ class Device:
 
 def fake_gpu_dir():
     """Return the folder where simulated tasks record their simulated GPU memory."""
-    return os.environ.get("SLOTRUN_FAKE_GPU_DIR") or os.path.join(
-        tempfile.gettempdir(), f"slotrun-fake-gpus-{os.getuid()}")
+    folder = os.environ.get("SLOTRUN_FAKE_GPU_DIR")
+    if folder:
+        return folder
+    import tempfile  # imported here: only this default needs it, not multi-run.py's start-up
+
+    return os.path.join(tempfile.gettempdir(), f"slotrun-fake-gpus-{os.getuid()}")
 
 
 def _pid_alive(pid):
@@ -100,7 +102,7 @@ class Inventory:
             try:
                 out.append(self._read_gpu(i))
             except (DeviceError, OSError) as e:
-                out.append(Device(f"gpu{i}", "gpu", i, self._gpu_name(i), node=socket.gethostname(),
+                out.append(Device(f"gpu{i}", "gpu", i, self._gpu_name(i), node=os.uname().nodename,
                                   error=str(e) or type(e).__name__))
         return out
 
@@ -121,7 +123,7 @@ class Inventory:
             pass
         mem_total, mem_used = _host_memory()
         return Device(CPU, CPU, None, self._cpu_name, mem_total, mem_used, load,
-                      node=socket.gethostname())
+                      node=os.uname().nodename)
 
     def snapshot(self):
         """Return every device (GPUs first, then the CPU) with fresh figures."""
@@ -187,7 +189,7 @@ class NvmlInventory(Inventory):
         except nv.NVMLError:
             uuid = ""
         return Device(f"gpu{i}", "gpu", i, name, int(mem.total), int(mem.used), util,
-                      node=socket.gethostname(), uuid=uuid, processes=procs)
+                      node=os.uname().nodename, uuid=uuid, processes=procs)
 
     def close(self):
         try:
@@ -251,7 +253,7 @@ class SimulatedInventory(Inventory):
         if self.pid_offset:
             procs = {pid + self.pid_offset: n for pid, n in procs.items()}
         return Device(f"gpu{i}", "gpu", i, self._gpu_name(i), self.memory_total, used, util,
-                      node=socket.gethostname(), uuid=f"GPU-simulated-{i}", processes=procs)
+                      node=os.uname().nodename, uuid=f"GPU-simulated-{i}", processes=procs)
 
 
 def own_pid_namespace():

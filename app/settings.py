@@ -8,8 +8,6 @@ and explicit overrides (command-line options, a test's config dict).
 import os
 from dataclasses import dataclass
 
-import yaml
-
 from .errors import SlotrunError
 
 
@@ -196,6 +194,10 @@ def load(overrides=None, environ=None, settings_file=None):
     workspace = overrides.get("workspace") or environ.get("SLOTRUN_WORKSPACE") or "."
     path = settings_file or os.path.join(workspace, "slotrun.yaml")
     if os.path.isfile(path):
+        # Imported here: yaml takes ~10 ms to import, which multi-run.py's start-up need not
+        # pay where there is no slotrun.yaml (most workspaces).
+        import yaml
+
         try:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}

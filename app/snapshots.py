@@ -11,11 +11,8 @@ resolves as it did.
 import os
 import re
 
-import yaml
-
 # A top-level "base: value" line with a plain value: read without parsing the whole file.
 _BASE_LINE = re.compile(r"^base:[ \t]*([^\s#'\"{\[&*!|>%@`][^#\n]*?)[ \t]*(?:#.*)?$", re.MULTILINE)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 20  # bases of bases: deeper chains (or cycles) are cut here
 
 
@@ -27,8 +24,11 @@ def base_of(text):
     if len(lines) == 1 and not text.lstrip().startswith(("{", "%", "---")) \
             and text.count("\nbase") + text.startswith("base") == 1:
         return lines[0]
+    import yaml  # imported here: ~10 ms that the common form above does without
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(text, Loader=_LOADER)  # the rare form: let YAML decide
+        data = yaml.load(text, Loader=loader)  # the rare form: let YAML decide
     except yaml.YAMLError:
         return None  # the task itself fails with the YAML error, clearly
     value = data.get("base") if isinstance(data, dict) else None
