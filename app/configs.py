@@ -1,13 +1,26 @@
 """Finding experiment configs by regular expression, as multi-run.py -c always did."""
 
 import os
+import re
 import time
-
-import regex
 
 from .errors import NotFound, SlotrunError
 
 BASE_SUFFIXES = ("-base.yaml", "_base.yaml")
+
+# Patterns that the standard library's re reads exactly as the regex package (VERSION0) does,
+# on ASCII names: literals, . ^ $ |, groups, the repeats * + ? (lazy and possessive too), sets
+# of plain characters, \d \D \w \W \b and escaped punctuation. No {...} (counts, or regex's
+# fuzzy matching), no (?...) extensions or (*...) verbs, no \B (re never matches it in an
+# empty string). re compiles these: regex takes ~9 ms to import, which multi-run.py's start-up
+# need not pay for exp-(2|3)-1-\d*; the equivalence is tested (tests/test_configs.py).
+_PLAIN = re.compile(r"""(?:
+    [^\\\[\]{}()]             # a literal character, or one of . ^ $ * + ? |
+  | \((?![?*]) | \)           # a group (not an extension (?...) nor a verb (*...))
+  | \\[dDwWb]                # the classes both read alike in ASCII names
+  | \\[!-/:-@[-`{-~]         # an escaped ASCII punctuation character
+  | \[\^?[0-9A-Za-z_./-]+\]   # a set of plain characters and ranges
+)*\Z""", re.VERBOSE)
 
 
 def is_base(name):
@@ -30,14 +43,25 @@ def all_configs(workspace, configs_dir="configs", under=None):
     return found
 
 
-def compile_pattern(pattern, max_length=None):
-    """Return the compiled config pattern, or raise an error naming the problem."""
+def compile_pattern(pattern, max_length=None, ascii_names=False):
+    """Return the compiled config pattern, or raise an error naming the problem.
+
+    ``ascii_names``: the pattern only meets ASCII names, so a plain one may be compiled by re
+    (see _PLAIN); any other, or one re refuses, is compiled by the regex package.
+    """
     if not isinstance(pattern, str):
         raise SlotrunError("pattern must be a string (a Python regular expression)")
     if max_length is not None and len(pattern) > max_length:
         raise SlotrunError(f"pattern is {len(pattern)} characters long; at most {max_length} allowed")
     if "\x00" in pattern:
         raise SlotrunError("pattern must not contain a NUL character")
+    if ascii_names and _PLAIN.match(pattern):
+        try:
+            return re.compile(pattern)
+        except re.error:
+            pass  # the regex package decides: its reading, or its error message
+    import regex  # imported here, not at the top: see _PLAIN
+
     try:
         return regex.compile(pattern, regex.VERSION0)
     except regex.error as e:
@@ -53,11 +77,13 @@ def match_configs(workspace, pattern, configs_dir="configs", max_length=None, ti
     pattern): a caller that must bound it runs this in a process it kills at the deadline,
     as the server does (``app/pattern_helper.py``).
     """
-    compiled = compile_pattern(pattern, max_length)
+    compiled = compile_pattern(pattern, max_length, ascii_names=True)
     deadline = None if timeout is None else time.monotonic() + timeout
+    names = all_configs(workspace, configs_dir, _fixed_folder(workspace, pattern, configs_dir))
+    if not all(name.isascii() for name in names):
+        compiled = compile_pattern(pattern, max_length)  # the regex package reads them all
     out = []
-    for path in all_configs(workspace, configs_dir, _fixed_folder(workspace, pattern,
-                                                                  configs_dir)):
+    for path in names:
         if deadline is not None and time.monotonic() > deadline:
             raise _too_slow(pattern, timeout)
         if compiled.search(path):
