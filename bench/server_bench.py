@@ -6,6 +6,12 @@ and reads the server process's CPU time and memory from /proc. When the web laye
 there (no app/web/api.py) or the Socket.IO client is not installed, each workload reports
 "not run: ..." instead of failing.
 
+Each workload runs twice in one call, each time on a server of its own: in CPU mode (S CPU
+slots, batches posted with "use_gpu": false), then in GPU mode (2 simulated GPUs sharing the
+same S slots, SLOTRUN_FAKE_GPU_DIR under the run's folder, batches with "use_gpu": true,
+admission at its default). Its result holds both under "modes" ("cpu", "gpu"), each judged
+by the same rules against figures of its own mode.
+
 - server: 100,000 tasks of history (four owners); dashboard page and first page of
   /api/v1/tasks p95; the team table's owner filter, text search and a bulk action's dry run
   over all of them, as ratios to the plain first page; a 10,000-task batch accepted; the
@@ -23,12 +29,48 @@ import socket
 import subprocess
 import threading
 import time
+import traceback
+from typing import NamedTuple
 
 from .common import (PY, REPO, TASKS, children_cpu, clean_env, log, median, percentile, remove,
                      scratch)
 
 NOT_AVAILABLE = "not run: server not available (no app/web/api.py)"
 TICK = os.sysconf("SC_CLK_TCK")
+FAKE_GPUS = 2
+
+
+class Mode(NamedTuple):
+    """How a workload's server runs its tasks: on CPU slots, or on simulated GPUs."""
+
+    key: str  # the key of its result: "cpu" or "gpu"
+    label: str
+    use_gpu: bool  # the batches' "use_gpu"
+
+    def settings(self, slots, d):
+        """Return the Server settings for ``slots`` slots in all (in GPU mode shared by the
+        simulated GPUs, whose memory files go under the run's folder ``d``)."""
+        if not self.use_gpu:
+            return {"cpu_slots": slots}
+        return {"fake_gpus": FAKE_GPUS, "fake_gpu_dir": os.path.join(d, "fakegpu"),
+                "gpu_slots": max(1, slots // FAKE_GPUS)}
+
+    def slots_text(self, slots):
+        """Return where the tasks run, in words."""
+        if not self.use_gpu:
+            return f"{slots} CPU slots"
+        per = max(1, slots // FAKE_GPUS)
+        return (f"{FAKE_GPUS} simulated GPUs × {per} slot{'s' if per > 1 else ''}, "
+                "admission at its default")
+
+
+CPU_MODE = Mode("cpu", "CPU mode", False)
+GPU_MODE = Mode("gpu", "GPU mode", True)
+# Run in this order (CPU mode first, measured as before GPU mode was added); reported GPU
+# mode first, the headline.
+MODES = (CPU_MODE, GPU_MODE)
+REPORT_ORDER = ("gpu", "cpu")
+LABELS = {m.key: m.label for m in MODES}
 
 
 def server_available():
@@ -373,15 +415,16 @@ def _history(ws, n):
     store.close()
 
 
-def server_at_scale(smoke, out_dir):
+def server_at_scale(smoke, out_dir, mode=CPU_MODE):
     """100,000 tasks of history: page and API p95, a 10,000-task batch, idle CPU."""
     why = server_available()
     if why:
         return {"status": why}
-    hist, batch_n, reqs, idle_s = (2000, 200, 15, 1.0) if smoke else (100000, 10000, 100, 5.0)
-    d = scratch(out_dir, "server")
+    hist, batch_n, reqs, idle_s = (2000, 200, 15, 0.2) if smoke else (100000, 10000, 100, 5.0)
+    d = scratch(out_dir, f"server-{mode.key}")
     server = None
-    out = {"history_tasks": hist, "batch_tasks": batch_n}
+    out = {"history_tasks": hist, "batch_tasks": batch_n, "mode": mode.key,
+           "slots": mode.slots_text(2)}
     try:
         ws = os.path.join(d, "ws")
         t0 = time.perf_counter()
@@ -391,7 +434,7 @@ def server_at_scale(smoke, out_dir):
         _history(ws, hist)
         out["history_insert_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        server = Server(ws, cpu_slots=2)
+        server = Server(ws, **mode.settings(2, d))
         out["server_start_s"] = time.perf_counter() - t0
         time.sleep(0.5)
         out["rss_start_mb"] = server.rss()
@@ -410,7 +453,7 @@ def server_at_scale(smoke, out_dir):
         if r.status_code != 200:
             raise RuntimeError(f"pausing the queue answered {r.status_code}: {r.text[:200]}")
         t0 = time.perf_counter()
-        r = server.post("/api/v1/batches", {"pattern": "^configs/big/", "use_gpu": False,
+        r = server.post("/api/v1/batches", {"pattern": "^configs/big/", "use_gpu": mode.use_gpu,
                                             "command": "true"})
         out["batch_accept_s"] = time.perf_counter() - t0
         if r.status_code != 201 or r.json().get("total") != batch_n:
@@ -474,20 +517,21 @@ def team_table(server, n, hist):
 
 # -- workload: log flood ---------------------------------------------------------------------------
 
-def log_flood(smoke, out_dir):
+def log_flood(smoke, out_dir, mode=CPU_MODE):
     """4 tasks x 50 MB of output while a client follows one: bytes, API p95, memory, pushes."""
     why = server_available()
     if why:
         return {"status": why}
     n_tasks, size = (4, 2_000_000) if smoke else (4, 50_000_000)
-    d = scratch(out_dir, "logflood")
+    d = scratch(out_dir, f"logflood-{mode.key}")
     server = None
     client = None
-    out = {"tasks": n_tasks, "bytes_per_task": size}
+    out = {"tasks": n_tasks, "bytes_per_task": size, "mode": mode.key,
+           "slots": mode.slots_text(n_tasks)}
     try:
         ws = os.path.join(d, "ws")
         write_configs(ws, "flood", [f"f{i}" for i in range(n_tasks)])
-        server = Server(ws, cpu_slots=n_tasks)
+        server = Server(ws, **mode.settings(n_tasks, d))
         latencies(server, "/api/v1/tasks", 5)
         latencies(server, "/", 2)
         client = Client(server.url, server.headers)
@@ -509,7 +553,7 @@ def log_flood(smoke, out_dir):
         cpu0 = server.cpu()
         t0 = time.perf_counter()
         cmd = f"{PY} {os.path.join(TASKS, 'flood.py')} {{name}} {size}"
-        r = server.post("/api/v1/batches", {"pattern": "^configs/flood/", "use_gpu": False,
+        r = server.post("/api/v1/batches", {"pattern": "^configs/flood/", "use_gpu": mode.use_gpu,
                                             "command": cmd})
         if r.status_code != 201:
             raise RuntimeError(f"the batch answered {r.status_code}: {r.text[:300]}")
@@ -673,20 +717,21 @@ def client_group_main(url, k):
     close_all(clients)
 
 
-def socketio_clients(smoke, out_dir):
+def socketio_clients(smoke, out_dir, mode=CPU_MODE):
     """1,000 tasks with 0, then 50 clients: every client gets every final state; CPU per task."""
     why = server_available()
     if why:
         return {"status": why}
     n_tasks, n_clients = (40, 4) if smoke else (1000, 50)
-    d = scratch(out_dir, "clients")
+    d = scratch(out_dir, f"clients-{mode.key}")
     server = None
     groups = []
-    out = {"tasks": n_tasks, "clients": n_clients, "clients_per_process": CLIENTS_PER_PROCESS}
+    out = {"tasks": n_tasks, "clients": n_clients, "clients_per_process": CLIENTS_PER_PROCESS,
+           "mode": mode.key, "slots": mode.slots_text(8)}
     try:
         ws = os.path.join(d, "ws")
         write_configs(ws, "many", [f"c{i:04d}" for i in range(n_tasks)])
-        server = Server(ws, cpu_slots=8)
+        server = Server(ws, **mode.settings(8, d))
         latencies(server, "/api/v1/tasks", 3)
         phases = {}
         for phase, k in (("no_clients", 0), ("with_clients", n_clients)):
@@ -701,7 +746,7 @@ def socketio_clients(smoke, out_dir):
             cpu0 = server.cpu()
             # Queue the batch paused, let each client follow one of its tasks, then resume.
             server.post("/api/v1/queue/pause")
-            r = server.post("/api/v1/batches", {"pattern": "^configs/many/", "use_gpu": False,
+            r = server.post("/api/v1/batches", {"pattern": "^configs/many/", "use_gpu": mode.use_gpu,
                                                 "command": "echo {name}", "overwrite": True})
             if r.status_code != 201:
                 raise RuntimeError(f"the batch answered {r.status_code}: {r.text[:300]}")
@@ -719,12 +764,13 @@ def socketio_clients(smoke, out_dir):
             server.post("/api/v1/queue/resume")
             b = server.wait_batch(batch["id"])
             wall = time.perf_counter() - t0
-            final = {}
+            final, on = {}, {}
             page = 1
-            while True:  # what the server says each task ended as
+            while True:  # what the server says each task ended as, and where it ran
                 got = server.get(f"/api/v1/tasks?batch={batch['id']}&per_page=1000&page={page}").json()
                 for t in got["tasks"]:
                     final[t["id"]] = t["state"]
+                    on[str(t.get("device"))] = on.get(str(t.get("device")), 0) + 1
                 if page >= got.get("pages", 1):
                     break
                 page += 1
@@ -735,7 +781,8 @@ def socketio_clients(smoke, out_dir):
                 reports += g.read()["report"]
             cpu = server.cpu() - cpu0
             res = {"wall_s": wall, "server_cpu_s": cpu, "server_cpu_per_task_ms": cpu / n_tasks * 1000,
-                   "succeeded": b.get("counts", {}).get("succeeded"), "connect_s": connect_s}
+                   "succeeded": b.get("counts", {}).get("succeeded"), "connect_s": connect_s,
+                   "tasks_per_device": dict(sorted(on.items()))}
             if reports:
                 # Pushed, or re-fetched after a notice or a reconnect: what the client shows.
                 res["clients_with_every_final_state"] = sum(1 for x in reports
@@ -775,7 +822,7 @@ def socketio_clients(smoke, out_dir):
 
 # -- workload: clients submitting at once ---------------------------------------------------------
 
-def submits_at_once(smoke, out_dir):
+def submits_at_once(smoke, out_dir, mode=CPU_MODE):
     """20 clients submit a batch each at the same moment, several rounds, while 8 slots are
     busy with short tasks: the latency of each submit (POST /api/v1/batches).
 
@@ -786,23 +833,24 @@ def submits_at_once(smoke, out_dir):
     if why:
         return {"status": why}
     n_clients, rounds, per_batch = (2, 1, 2) if smoke else (20, 5, 20)
-    d = scratch(out_dir, "submits")
+    d = scratch(out_dir, f"submits-{mode.key}")
     server = None
     submitters = []
     out = {"clients": n_clients, "rounds": rounds, "configs_per_batch": per_batch,
-           "client": "one process per client, connection opened before the first round"}
+           "client": "one process per client, connection opened before the first round",
+           "mode": mode.key, "slots": mode.slots_text(8)}
     try:
         ws = os.path.join(d, "ws")
         for c in range(n_clients):
             for r in range(rounds):
                 write_configs(ws, f"s{c}-{r}", [f"x{i:03d}" for i in range(per_batch)])
         write_configs(ws, "busy", [f"b{i:04d}" for i in range(8 if smoke else 2000)])
-        server = Server(ws, cpu_slots=8)
-        r = server.post("/api/v1/batches", {"pattern": "^configs/busy/", "use_gpu": False,
+        server = Server(ws, **mode.settings(8, d))
+        r = server.post("/api/v1/batches", {"pattern": "^configs/busy/", "use_gpu": mode.use_gpu,
                                             "command": "sleep 0.05"})
         if r.status_code != 201:
             raise RuntimeError(f"the background batch answered {r.status_code}: {r.text[:300]}")
-        submitters = [Submitter(server.url, c) for c in range(n_clients)]
+        submitters = [Submitter(server.url, c, mode.use_gpu) for c in range(n_clients)]
         for s in submitters:
             s.read()  # connected
         times, errors = [], []
@@ -832,9 +880,10 @@ class Submitter:
     """A child process submitting batches over one open HTTP connection, told when by a line
     on its stdin (JSON lines both ways)."""
 
-    def __init__(self, url, c):
+    def __init__(self, url, c, use_gpu=False):
         self.proc = subprocess.Popen(
-            [PY, "-m", "bench.server_bench", "--submitter", url, str(c)], cwd=REPO,
+            [PY, "-m", "bench.server_bench", "--submitter", url, str(c),
+             "gpu" if use_gpu else "cpu"], cwd=REPO,
             env=clean_env(PYTHONPATH=REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True)
 
@@ -859,7 +908,7 @@ class Submitter:
             self.proc.kill()
 
 
-def submitter_main(url, c):
+def submitter_main(url, c, use_gpu=False):
     """The child side of Submitter: open the connection, then submit when told."""
     import http.client
     import sys
@@ -877,7 +926,7 @@ def submitter_main(url, c):
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         rnd = json.loads(line)["round"]
-        body = json.dumps({"pattern": f"^configs/s{c}-{rnd}/", "use_gpu": False,
+        body = json.dumps({"pattern": f"^configs/s{c}-{rnd}/", "use_gpu": use_gpu,
                            "command": "true"})
         t0 = time.perf_counter()
         for again in (False, True):
@@ -899,27 +948,28 @@ def submitter_main(url, c):
 
 # -- workload: the server's memory ------------------------------------------------------------------
 
-def server_memory(smoke, out_dir):
+def server_memory(smoke, out_dir, mode=CPU_MODE):
     """The server's resident memory at start, after a 10,000-task batch ran, and after
-    100,000 tasks (ten such batches) finished, on 8 CPU slots running `true`."""
+    100,000 tasks (ten such batches) finished, on 8 slots running `true`."""
     why = server_available()
     if why:
         return {"status": why}
     batch_n, batches = (20, 1) if smoke else (10000, 10)
-    d = scratch(out_dir, "memory")
+    d = scratch(out_dir, f"memory-{mode.key}")
     server = None
-    out = {"batch_tasks": batch_n, "batches": batches, "finished_tasks": batch_n * batches}
+    out = {"batch_tasks": batch_n, "batches": batches, "finished_tasks": batch_n * batches,
+           "mode": mode.key, "slots": mode.slots_text(8)}
     try:
         ws = os.path.join(d, "ws")
         write_configs(ws, "mem", [f"m{i:05d}" for i in range(batch_n)])
-        server = Server(ws, cpu_slots=8)
+        server = Server(ws, **mode.settings(8, d))
         time.sleep(0.5)
         out["rss_start_mb"] = server.rss()
         rss, walls = [], []
         t0 = time.perf_counter()
         for i in range(batches):
             t1 = time.perf_counter()
-            r = server.post("/api/v1/batches", {"pattern": "^configs/mem/", "use_gpu": False,
+            r = server.post("/api/v1/batches", {"pattern": "^configs/mem/", "use_gpu": mode.use_gpu,
                                                 "command": "true", "overwrite": True})
             if r.status_code != 201:
                 raise RuntimeError(f"batch {i + 1} answered {r.status_code}: {r.text[:300]}")
@@ -928,7 +978,8 @@ def server_memory(smoke, out_dir):
                 raise RuntimeError(f"batch {i + 1} ended with {b.get('counts')}")
             walls.append(time.perf_counter() - t1)
             rss.append(server.rss())
-            log(f"memory: {batch_n * (i + 1)} tasks finished, server RSS {rss[-1]:.0f} MB")
+            log(f"memory ({mode.label}): {batch_n * (i + 1)} tasks finished, "
+                f"server RSS {rss[-1]:.0f} MB")
         out["wall_s"] = time.perf_counter() - t0
         out["batch_walls_s"] = walls
         out["rss_after_each_batch_mb"] = rss
@@ -956,8 +1007,61 @@ def _complete(client, final):
         return all(client.states.get(tid) == st for tid, st in final.items())
 
 
-WORKLOADS = {"server": server_at_scale, "logflood": log_flood, "clients": socketio_clients,
-             "submits": submits_at_once, "memory": server_memory}
+# One run of a workload in one mode: (smoke, out_dir, mode) -> its result.
+IN_ONE_MODE = {"server": server_at_scale, "logflood": log_flood, "clients": socketio_clients,
+               "submits": submits_at_once, "memory": server_memory}
+
+
+def in_every_mode(name):
+    """Return the workload ``name`` run in CPU mode, then GPU mode: (smoke, out_dir) -> one
+    result holding both under "modes", its status and verdict over both."""
+    one = IN_ONE_MODE[name]
+
+    def run(smoke, out_dir):
+        modes = {}
+        for mode in MODES:
+            log(f"{name}: {mode.label}")
+            try:
+                modes[mode.key] = one(smoke, out_dir, mode)
+            except Exception as e:  # noqa: BLE001 - the other mode still runs; reported
+                traceback.print_exc()
+                modes[mode.key] = {"status": f"error: {type(e).__name__}: {e}", "mode": mode.key}
+        return combine(modes)
+    run.__doc__ = f"Run the {name} workload in each mode; return both results."
+    return run
+
+
+def combine(modes):
+    """Return one workload's result from its results per mode: "status" is "ok" when every
+    mode ran, "met" is True when every mode that ran met its target."""
+    statuses = {k: m.get("status", "ok") for k, m in modes.items()}
+    bad = {k: v for k, v in statuses.items() if v != "ok"}
+    if not bad:
+        status = "ok"
+    elif len(set(bad.values())) == 1 and len(bad) == len(modes):
+        status = next(iter(bad.values()))  # e.g. not run: the server is not there
+    else:
+        status = ("error: " if any(v.startswith("error") for v in bad.values()) else "") + \
+            "; ".join(f"{LABELS.get(k, k)}: {v.removeprefix('error: ')}" for k, v in bad.items())
+    verdicts = [m.get("met") for m in modes.values() if m.get("status") == "ok"]
+    if not verdicts or any(v is None for v in verdicts):
+        met = None  # nothing ran, or nothing to judge (memory: reported)
+    else:
+        met = all(verdicts) and not bad  # a mode that broke meets nothing
+    return {"status": status, "met": met, "modes": modes}
+
+
+def modes_of(e):
+    """Return a workload result's results per mode, GPU mode first (a result saved before
+    the modes were added holds CPU mode only)."""
+    modes = e.get("modes")
+    if modes is None:
+        return {"cpu": e}
+    return {k: modes[k] for k in REPORT_ORDER if k in modes} | \
+        {k: v for k, v in modes.items() if k not in REPORT_ORDER}
+
+
+WORKLOADS = {name: in_every_mode(name) for name in IN_ONE_MODE}
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -971,122 +1075,213 @@ def _ratio(x):
 
 
 def render(name, e):
-    """Return the Markdown lines of one server workload."""
+    """Return the Markdown lines of one server workload, every mode it ran in."""
+    modes = modes_of(e)
+    ran = {k: m for k, m in modes.items() if m.get("status") == "ok"}
+    first = next(iter(ran.values()), e)
     title = {"server": "Server at scale", "logflood": "Log flood",
-             "clients": f"{e.get('clients', 50)} Socket.IO clients while "
-                        f"{e.get('tasks', 1000):,} tasks run",
-             "submits": f"{e.get('clients', 20)} clients submitting at once",
+             "clients": f"{first.get('clients', 50)} Socket.IO clients while "
+                        f"{first.get('tasks', 1000):,} tasks run",
+             "submits": f"{first.get('clients', 20)} clients submitting at once",
              "memory": "The server's memory"}[name]
     L = [f"## {title}", ""]
     if e.get("note"):  # e.g. this section measured again after a change
         L += [e["note"], ""]
-    if e.get("status") != "ok":
+    if not ran:
         return L + [f"{e.get('status')}.", ""]
-    verdict = "**met**" if e.get("met") else "**not met**"
-    if name == "server":
-        L += [f"{e['history_tasks']:,} finished tasks in the history (recorded through "
-              f"`app.store.Store` before the server starts, {e['history_insert_s']:.1f} s), "
-              "`python -m app serve` on loopback, sequential requests.", "",
-              "| measure | median (ms) | p95 (ms) | max (ms) | target |", "|---|---|---|---|---|",
-              f"| dashboard page `/` | {_ms(e['page']['median_ms'])} | {_ms(e['page']['p95_ms'])} | "
-              f"{_ms(e['page']['max_ms'])} | p95 < 100 ms |",
-              f"| `/api/v1/tasks` first page | {_ms(e['api_tasks']['median_ms'])} | "
-              f"{_ms(e['api_tasks']['p95_ms'])} | {_ms(e['api_tasks']['max_ms'])} | p95 < 100 ms |",
-              f"| `/api/v1/status` | {_ms(e['api_status']['median_ms'])} | "
-              f"{_ms(e['api_status']['p95_ms'])} | {_ms(e['api_status']['max_ms'])} | |",
-              *[f"| `/api/v1/tasks`: {label} | {_ms(e['team'][key]['median_ms'])} | "
-                f"{_ms(e['team'][key]['p95_ms'])} | {_ms(e['team'][key]['max_ms'])} | "
-                f"p95 < 100 ms ({e['team'][key]['ratio']:.1f}× the first page) |"
-                for key, _, label in TEAM_QUERIES],
-              f"| bulk cancel dry run over all {e['history_tasks']:,} | "
-              f"{_ms(e['team']['bulk_dry_run']['median_ms'])} | {_ms(e['team']['bulk_dry_run']['p95_ms'])} | "
-              f"{_ms(e['team']['bulk_dry_run']['max_ms'])} | "
-              f"({e['team']['bulk_dry_run']['ratio']:.1f}× the first page) |",
-              f"| `/` with {e['batch_tasks']:,} more queued | {_ms(e['page_with_queue']['median_ms'])} | "
-              f"{_ms(e['page_with_queue']['p95_ms'])} | {_ms(e['page_with_queue']['max_ms'])} | |",
-              f"| `/api/v1/tasks` with them queued | {_ms(e['api_tasks_with_queue']['median_ms'])} | "
-              f"{_ms(e['api_tasks_with_queue']['p95_ms'])} | {_ms(e['api_tasks_with_queue']['max_ms'])} | |",
-              "",
-              f"- a {e['batch_tasks']:,}-task batch (`POST /api/v1/batches`) accepted in "
+    for k, m in modes.items():
+        if k not in ran:
+            L += [f"{LABELS.get(k, k)}: {m.get('status')}.", ""]
+    return L + _RENDER[name](ran)
+
+
+def _label(k):
+    return LABELS.get(k, k)
+
+
+def _slots(e, default):
+    return e.get("slots", default)
+
+
+def _where(ran, default):
+    """Return "GPU mode: 2 simulated GPUs × 4 slots, ...; CPU mode: 8 CPU slots"."""
+    return "; ".join(f"{_label(k)}: {_slots(e, default)}" for k, e in ran.items())
+
+
+def _results(ran, fig=None):
+    """Return "GPU mode **met** (FIG); CPU mode **not met** (FIG)"."""
+    return "; ".join(f"{_label(k)} {'**met**' if e.get('met') else '**not met**'}"
+                     + (f" ({fig(e)})" if fig else "") for k, e in ran.items())
+
+
+def _table(head, rows):
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def _render_server(ran):
+    first = next(iter(ran.values()))
+    L = [f"{first['history_tasks']:,} finished tasks in the history (recorded through "
+         "`app.store.Store` before the server starts), `python -m app serve` on loopback, "
+         "sequential requests; a server in each mode, the batch posted in its mode ("
+         + _where(ran, "2 CPU slots") + ").", ""]
+    for k, e in ran.items():
+        L += [f"### {_label(k)}: {_slots(e, '2 CPU slots')}", "",
+              f"History recorded in {e['history_insert_s']:.1f} s.", ""]
+        L += _table(
+            ["measure", "median (ms)", "p95 (ms)", "max (ms)", "target"],
+            [["dashboard page `/`", _ms(e['page']['median_ms']), _ms(e['page']['p95_ms']),
+              _ms(e['page']['max_ms']), "p95 < 100 ms"],
+             ["`/api/v1/tasks` first page", _ms(e['api_tasks']['median_ms']),
+              _ms(e['api_tasks']['p95_ms']), _ms(e['api_tasks']['max_ms']), "p95 < 100 ms"],
+             ["`/api/v1/status`", _ms(e['api_status']['median_ms']),
+              _ms(e['api_status']['p95_ms']), _ms(e['api_status']['max_ms']), ""],
+             *[[f"`/api/v1/tasks`: {label}", _ms(e['team'][key]['median_ms']),
+                _ms(e['team'][key]['p95_ms']), _ms(e['team'][key]['max_ms']),
+                f"p95 < 100 ms ({e['team'][key]['ratio']:.1f}× the first page)"]
+               for key, _, label in TEAM_QUERIES],
+             [f"bulk cancel dry run over all {e['history_tasks']:,}",
+              _ms(e['team']['bulk_dry_run']['median_ms']),
+              _ms(e['team']['bulk_dry_run']['p95_ms']), _ms(e['team']['bulk_dry_run']['max_ms']),
+              f"({e['team']['bulk_dry_run']['ratio']:.1f}× the first page)"],
+             [f"`/` with {e['batch_tasks']:,} more queued", _ms(e['page_with_queue']['median_ms']),
+              _ms(e['page_with_queue']['p95_ms']), _ms(e['page_with_queue']['max_ms']), ""],
+             ["`/api/v1/tasks` with them queued", _ms(e['api_tasks_with_queue']['median_ms']),
+              _ms(e['api_tasks_with_queue']['p95_ms']), _ms(e['api_tasks_with_queue']['max_ms']),
+              ""]])
+        L += [f"- a {e['batch_tasks']:,}-task batch (`POST /api/v1/batches`) accepted in "
               f"**{e['batch_accept_s']:.2f} s** (target < 2 s)",
               f"- server CPU while idle: **{e['idle_cpu_pct']:.2f}% of a core** (target < 1%); "
               f"with the {e['batch_tasks']:,} tasks queued, the queue paused and one Socket.IO "
               f"client connected: {e['idle_cpu_pct_paused_queue_one_client']:.2f}%",
-              f"- server memory: {e['rss_start_mb']:.0f} MB at start, {e['rss_end_mb']:.0f} MB at the end",
-              f"- result: {verdict}", ""]
-    elif name == "logflood":
-        f = e["follower"]
-        L += [f"{e['tasks']} tasks each writing {e['bytes_per_task'] / 1e6:.0f} MB of 100-byte lines "
-              f"as fast as they can (`bench/tasks/flood.py`), all at once, while one Socket.IO "
-              f"client follows the first; API requests in a loop meanwhile.", "",
-              "| measure | value | target |", "|---|---|---|",
-              f"| every byte in the log files | {'yes' if e['all_bytes_on_disk'] else 'NO'} "
-              f"({', '.join(str(v) for v in e['log_sizes'].values())} bytes) | all |",
-              f"| API p95 during the flood | {_ms(e['api']['p95_ms'])} ms (median "
-              f"{_ms(e['api']['median_ms'])}, max {_ms(e['api']['max_ms'])}, n={e['api']['n']}) | < 200 ms |",
-              f"| server memory growth | {e['rss_growth_mb']:.1f} MB ({e['rss_before_mb']:.0f} → "
-              f"{e['rss_max_mb']:.0f} MB) | < 50 MB |",
-              f"| follower: log messages | {f.get('messages', 0)} in all, at most "
-              f"{f.get('messages_per_s_max', 0)} per second, {f.get('bytes', 0) / 1e6:.2f} MB "
-              f"pushed of {e['bytes_per_task'] / 1e6:.0f} MB written | bounded, coalesced |",
-              f"| flood wall time / server CPU | {e['wall_s']:.1f} s / {e['server_cpu_s']:.2f} s | |",
-              "", f"Result: {verdict}.", ""]
-    elif name == "clients":
-        a, w = e["no_clients"], e["with_clients"]
-        L += [f"{e['tasks']:,} tasks (`echo {{name}}`, 8 CPU slots) submitted through the API, "
-              f"first with no client connected, then with {e['clients']} Socket.IO clients "
-              "(websocket), each following one task's log.", "",
-              "| measure | no clients | with clients |", "|---|---|---|",
-              f"| batch wall time | {a['wall_s']:.2f} s | {w['wall_s']:.2f} s |",
-              f"| server CPU | {a['server_cpu_s']:.2f} s | {w['server_cpu_s']:.2f} s |",
-              f"| **server CPU per task** | {a['server_cpu_per_task_ms']:.2f} ms | "
-              f"{w['server_cpu_per_task_ms']:.2f} ms ({_ratio(e.get('cpu_ratio'))} the figure "
-              "without clients; target ≤ 2×) |",
-              f"| `task_list` messages per client (median) | – | "
-              f"{_ms(w.get('task_messages_per_client'))} |",
-              f"| CPU of the client processes (same machine) | – | "
-              f"{w.get('clients_cpu_s', 0):.2f} s |",
-              f"| clients that got every task's final state | – | "
-              f"{w.get('clients_with_every_final_state')} of {e['clients']} "
-              f"({w.get('clients_needing_refetch')} re-fetched after a \"tasks\" notice or a "
-              "reconnect) |",
-              f"| followers that got their task's log line | – | "
-              f"{w.get('followers_with_their_log')} of {e['clients']} |",
-              f"| clients disconnected during the run | – | {w.get('disconnected_clients')} |",
-              f"| pushes the client library handled out of order (kept out) | – | "
-              f"{w.get('pushes_handled_out_of_order', '–')} |",
-              ""]
+              f"- server memory: {e['rss_start_mb']:.0f} MB at start, {e['rss_end_mb']:.0f} MB "
+              "at the end", ""]
+    return L + [f"Result: {_results(ran)}.", ""]
+
+
+def _render_logflood(ran):
+    first = next(iter(ran.values()))
+    L = [f"{first['tasks']} tasks each writing {first['bytes_per_task'] / 1e6:.0f} MB of "
+         "100-byte lines as fast as they can (`bench/tasks/flood.py`), all at once, while one "
+         "Socket.IO client follows the first; API requests in a loop meanwhile; a server in "
+         f"each mode ({_where(ran, str(first['tasks']) + ' CPU slots')}).", ""]
+    head = ["measure"] + [_label(k) for k in ran] + ["target"]
+    rows = [["every byte in the log files"]
+            + [f"{'yes' if e['all_bytes_on_disk'] else 'NO'} "
+               f"({', '.join(str(v) for v in e['log_sizes'].values())} bytes)"
+               for e in ran.values()] + ["all"],
+            ["API p95 during the flood"]
+            + [f"{_ms(e['api']['p95_ms'])} ms (median {_ms(e['api']['median_ms'])}, max "
+               f"{_ms(e['api']['max_ms'])}, n={e['api']['n']})" for e in ran.values()]
+            + ["< 200 ms"],
+            ["server memory growth"]
+            + [f"{e['rss_growth_mb']:.1f} MB ({e['rss_before_mb']:.0f} → {e['rss_max_mb']:.0f} MB)"
+               for e in ran.values()] + ["< 50 MB"],
+            ["follower: log messages"]
+            + [f"{e['follower'].get('messages', 0)} in all, at most "
+               f"{e['follower'].get('messages_per_s_max', 0)} per second, "
+               f"{e['follower'].get('bytes', 0) / 1e6:.2f} MB pushed of "
+               f"{e['bytes_per_task'] / 1e6:.0f} MB written" for e in ran.values()]
+            + ["bounded, coalesced"],
+            ["flood wall time / server CPU"]
+            + [f"{e['wall_s']:.1f} s / {e['server_cpu_s']:.2f} s" for e in ran.values()] + [""]]
+    return L + _table(head, rows) + [f"Result: {_results(ran)}.", ""]
+
+
+def _render_clients(ran):
+    first = next(iter(ran.values()))
+    n = first["clients"]
+    L = [f"{first['tasks']:,} tasks (`echo {{name}}`) submitted through the API to a server in "
+         f"each mode ({_where(ran, '8 CPU slots')}), first with no client connected, then "
+         f"with {n} Socket.IO clients (websocket), each following one task's log.", ""]
+    head = ["measure"] + [f"{_label(k)}, {ph}" for k in ran
+                          for ph in ("no clients", "with clients")]
+
+    def row(measure, cells):
+        out = [measure]
+        for e in ran.values():
+            out += list(cells(e["no_clients"], e["with_clients"], e))
+        return out
+    rows = [
+        row("batch wall time", lambda a, w, e: (f"{a['wall_s']:.2f} s", f"{w['wall_s']:.2f} s")),
+        row("server CPU", lambda a, w, e: (f"{a['server_cpu_s']:.2f} s",
+                                           f"{w['server_cpu_s']:.2f} s")),
+        row("**server CPU per task**", lambda a, w, e: (
+            f"{a['server_cpu_per_task_ms']:.2f} ms",
+            f"{w['server_cpu_per_task_ms']:.2f} ms ({_ratio(e.get('cpu_ratio'))} the figure "
+            "without clients; target ≤ 2×)")),
+        row("`task_list` messages per client (median)",
+            lambda a, w, e: ("–", _ms(w.get("task_messages_per_client")))),
+        row("CPU of the client processes (same machine)",
+            lambda a, w, e: ("–", f"{w.get('clients_cpu_s', 0):.2f} s")),
+        row("clients that got every task's final state", lambda a, w, e: (
+            "–", f"{w.get('clients_with_every_final_state')} of {e['clients']} "
+                 f"({w.get('clients_needing_refetch')} re-fetched after a \"tasks\" notice or "
+                 "a reconnect)")),
+        row("followers that got their task's log line",
+            lambda a, w, e: ("–", f"{w.get('followers_with_their_log')} of {e['clients']}")),
+        row("clients disconnected during the run",
+            lambda a, w, e: ("–", str(w.get("disconnected_clients")))),
+        row("pushes the client library handled out of order (kept out)",
+            lambda a, w, e: ("–", str(w.get("pushes_handled_out_of_order", "–")))),
+    ]
+    L += _table(head, rows)
+    for k, e in ran.items():
+        w = e["with_clients"]
         if w.get("followers_without_their_log"):
-            L += ["Followers that did not get their task's log line within 15 s of the batch's "
-                  "end: " + "; ".join(f"task {x['task']}: {x['log_messages']} log message(s), "
-                                     f"last text {x['log_received']!r}"
-                                     for x in w["followers_without_their_log"]) + ".", ""]
-        L += [f"Result: {verdict}. The batch's wall time with clients is inflated by the "
-              "clients themselves (client processes decoding every event on the same 2 cores); "
-              "the server's own cost is its CPU per task (gunicorn's master and worker).", ""]
-    elif name == "submits":
-        x = e["submit"]
-        L += [f"{e['clients']} clients, each a process of its own with its HTTP connection "
-              "already open (as a browser or `multi-run.py --server` is), are told at the same "
-              f"moment to submit a batch of {e['configs_per_batch']} configs "
-              "(`POST /api/v1/batches`); each times its own request; "
-              f"{e['rounds']} rounds, while 8 CPU slots are busy with 50 ms tasks.", "",
-              "| measure | median (ms) | p95 (ms) | max (ms) | target |", "|---|---|---|---|---|",
-              f"| submit, answered | {_ms(x['median_ms'])} | {_ms(x['p95_ms'])} | "
-              f"{_ms(x['max_ms'])} | p95 < 100 ms |", "",
-              f"Errors: {len(e['errors'])}. Result: {verdict}.", ""]
-    elif name == "memory":
-        L += [f"`python -m app serve` on an empty workspace, 8 CPU slots; {e['batches']} "
-              f"batches of {e['batch_tasks']:,} tasks of `true` submitted one after the other "
-              "through the API, each run to its end; the resident memory of the server's "
-              "worker process after each.", "",
-              "| when | server RSS (MB) |", "|---|---|",
-              f"| at start | {e['rss_start_mb']:.0f} |",
-              f"| after one {e['batch_tasks']:,}-task batch | {e['rss_after_batch_mb']:.0f} |",
-              f"| after {e['finished_tasks']:,} finished tasks | {e['rss_end_mb']:.0f} |", "",
-              "After each batch (MB): " + ", ".join(f"{x:.0f}" for x in e["rss_after_each_batch_mb"])
+            L += [f"{_label(k)}: followers that did not get their task's log line within 15 s "
+                  "of the batch's end: "
+                  + "; ".join(f"task {x['task']}: {x['log_messages']} log message(s), "
+                              f"last text {x['log_received']!r}"
+                              for x in w["followers_without_their_log"]) + ".", ""]
+    L += ["Target, in each mode: server CPU per task ≤ 2× the figure without clients in the "
+          "same mode, every client gets every task's final state and every follower its log "
+          "line. Result: " + _results(ran, lambda e: f"{_ratio(e.get('cpu_ratio'))}, "
+                                      f"{e['with_clients'].get('clients_with_every_final_state')}"
+                                      f"/{e['clients']} clients complete")
+          + ". The batch's wall time with clients is inflated by the clients themselves "
+          "(client processes decoding every event on the same 2 cores); the server's own cost "
+          "is its CPU per task (gunicorn's master and worker).", ""]
+    return L
+
+
+def _render_submits(ran):
+    first = next(iter(ran.values()))
+    L = [f"{first['clients']} clients, each a process of its own with its HTTP connection "
+         "already open (as a browser or `multi-run.py --server` is), are told at the same "
+         f"moment to submit a batch of {first['configs_per_batch']} configs "
+         "(`POST /api/v1/batches`, in the server's mode); each times its own request; "
+         f"{first['rounds']} rounds, while the server's 8 slots are busy with 50 ms tasks; a "
+         f"server in each mode ({_where(ran, '8 CPU slots')}).", ""]
+    L += _table(["mode", "median (ms)", "p95 (ms)", "max (ms)", "errors", "target"],
+                [[_label(k), _ms(e["submit"]["median_ms"]), _ms(e["submit"]["p95_ms"]),
+                  _ms(e["submit"]["max_ms"]), str(len(e["errors"])), "p95 < 100 ms"]
+                 for k, e in ran.items()])
+    return L + [f"Result: {_results(ran)}.", ""]
+
+
+def _render_memory(ran):
+    first = next(iter(ran.values()))
+    L = [f"`python -m app serve` on an empty workspace, a server in each mode "
+         f"({_where(ran, '8 CPU slots')}); {first['batches']} batches of "
+         f"{first['batch_tasks']:,} tasks of `true` submitted one after the other through the "
+         "API in the server's mode, each run to its end; the resident memory of the server's "
+         "worker process after each.", ""]
+    L += _table(["when"] + [f"{_label(k)}: server RSS (MB)" for k in ran],
+                [["at start"] + [f"{e['rss_start_mb']:.0f}" for e in ran.values()],
+                 [f"after one {first['batch_tasks']:,}-task batch"]
+                 + [f"{e['rss_after_batch_mb']:.0f}" for e in ran.values()],
+                 [f"after {first['finished_tasks']:,} finished tasks"]
+                 + [f"{e['rss_end_mb']:.0f}" for e in ran.values()]])
+    for k, e in ran.items():
+        L += [f"{_label(k)}, after each batch (MB): "
+              + ", ".join(f"{x:.0f}" for x in e["rss_after_each_batch_mb"])
               + f"; {e['finished_tasks']:,} tasks in {e['wall_s']:.0f} s.", ""]
     return L
+
+
+_RENDER = {"server": _render_server, "logflood": _render_logflood, "clients": _render_clients,
+           "submits": _render_submits, "memory": _render_memory}
 
 
 if __name__ == "__main__":
@@ -1096,9 +1291,15 @@ if __name__ == "__main__":
         client_group_main(sys.argv[2], int(sys.argv[3]))
         sys.exit(0)
     if sys.argv[1] == "--submitter":
-        submitter_main(sys.argv[2], int(sys.argv[3]))
+        submitter_main(sys.argv[2], int(sys.argv[3]), sys.argv[4:5] == ["gpu"])
         sys.exit(0)
-    fn = WORKLOADS[sys.argv[1]]
-    print(json.dumps(fn("--smoke" in sys.argv, os.path.join(os.path.dirname(__file__), "out")),
-                     indent=1))
+    # python -m bench.server_bench WORKLOAD [--smoke] [cpu|gpu]: one workload, both modes or one
+    mode_keys = [m for m in MODES if m.key in sys.argv[2:]]
+    out_dir = os.path.join(os.path.dirname(__file__), "out")
+    if mode_keys:
+        got = combine({m.key: IN_ONE_MODE[sys.argv[1]]("--smoke" in sys.argv, out_dir, m)
+                       for m in mode_keys})
+    else:
+        got = WORKLOADS[sys.argv[1]]("--smoke" in sys.argv, out_dir)
+    print(json.dumps(got, indent=1))
     log("done")

@@ -3,8 +3,9 @@ and the report is written.
 
 The default test runs the job workloads (W1-W3, the slot gap) with every local tool and the
 sample model's start-up. The rest (the Ray cluster, the py-spy profile and the server
-workloads, each starting a cluster or a server) takes about 25 s more: it runs when
-BENCH_SMOKE_ALL=1 is set (``BENCH_SMOKE_ALL=1 python3 -m pytest tests/test_bench_smoke.py``).
+workloads, each starting a cluster or a server, a server workload one in each mode) takes about
+40 s more: it runs when BENCH_SMOKE_ALL=1 is set
+(``BENCH_SMOKE_ALL=1 python3 -m pytest tests/test_bench_smoke.py``).
 """
 
 import json
@@ -63,8 +64,8 @@ def test_bench_smoke_every_tool_and_mode_runs_and_the_report_is_written(tmp_path
 
 
 @pytest.mark.skipif(not os.environ.get("BENCH_SMOKE_ALL"),
-                    reason="about 25 s: set BENCH_SMOKE_ALL=1 to run Ray, the profile and "
-                           "the server workloads at smoke sizes")
+                    reason="about 40 s: set BENCH_SMOKE_ALL=1 to run Ray, the profile and "
+                           "the server workloads (in both modes) at smoke sizes")
 @pytest.mark.timeout(400)
 def test_bench_smoke_ray_profile_and_server_workloads(tmp_path):
     out = tmp_path / "bench-out"
@@ -75,5 +76,20 @@ def test_bench_smoke_ray_profile_and_server_workloads(tmp_path):
         assert ray["runs"], ray
     assert "cpu" in results["profile"], results["profile"]
     for name in SERVER_WORKLOADS:
-        status = results["workloads"][name]["status"]
+        entry = results["workloads"][name]
+        status = entry["status"]
         assert status == "ok" or status.startswith("not run"), status
+        if status == "ok":  # each server workload ran in both modes, each on its own server
+            assert {k: m["status"] for k, m in entry["modes"].items()} == \
+                {"cpu": "ok", "gpu": "ok"}, entry
+            assert entry["modes"]["gpu"]["slots"].startswith("2 simulated GPUs"), entry
+    clients = results["workloads"]["clients"]
+    if clients["status"] == "ok":
+        # GPU mode ran its tasks on the simulated GPUs, CPU mode on the CPU
+        on = {k: m["with_clients"]["tasks_per_device"] for k, m in clients["modes"].items()}
+        assert set(on["gpu"]) == {"gpu0", "gpu1"} and set(on["cpu"]) == {"cpu"}, on
+        assert sum(on["gpu"].values()) == sum(on["cpu"].values()) == clients["modes"]["gpu"]["tasks"]
+        verdicts = results["summary"]["clients"]["verdicts"]
+        assert set(verdicts) == {"slotrun-gpu", "slotrun"} and None not in verdicts.values()
+    md = (out / "RESULTS-smoke.md").read_text(encoding="utf-8")
+    assert "a server with 8 CPU slots" not in md
