@@ -13,8 +13,10 @@ GPU's folder makes reading that GPU fail with the file's text, as an NVML error 
 as NVML does inside a container with its own PID namespace (``pids_elsewhere``).
 """
 
+import ctypes
 import logging
 import os
+import sys
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -274,6 +276,12 @@ def open_inventory(fake_gpus=None):
         fake_gpus = int(os.environ.get("SLOTRUN_FAKE_GPUS") or 0)
     if fake_gpus and int(fake_gpus) > 0:
         return SimulatedInventory(int(fake_gpus))
+    if "pynvml" not in sys.modules and not _nvml_library_loads():
+        # What nvmlInit() would find first, known without importing pynvml (~6 ms of
+        # multi-run.py's start-up): the usual case on a machine without an NVIDIA driver. A
+        # pynvml imported already (by the caller, or a test's stand-in) is asked as before.
+        log.info("NVML is not available (NVML Shared Library Not Found): no NVIDIA GPU is used")
+        return Inventory()
     try:
         import pynvml  # optional dependency: only machines with NVIDIA GPUs need it
     except ImportError:
@@ -294,6 +302,15 @@ def open_inventory(fake_gpus=None):
     except Exception as e:  # noqa: BLE001 - the device count itself failed
         log.error("NVML started but cannot count the GPUs (%s): no NVIDIA GPU is used", e)
         return Inventory(error=f"NVML cannot count the GPUs: {e}")
+
+
+def _nvml_library_loads():
+    """Return True when NVML's library loads, as pynvml loads it (by this name, on Linux)."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def _cpu_name():

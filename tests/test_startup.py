@@ -1,10 +1,13 @@
 """What multi-run.py imports: a local run loads no web stack, and nothing it does not use
 (yaml where no YAML is parsed, the regex package for a plain pattern, OpenSSL's hashes)."""
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import ROOT, task_env
 
@@ -12,7 +15,8 @@ from tests.helpers import ROOT, task_env
 UNUSED = {"flask", "flask_socketio", "flask_login", "werkzeug", "jinja2", "socketio", "engineio",
           "requests", "urllib3", "ray", "yaml", "regex", "hashlib", "_hashlib", "socket", "ssl",
           "email", "http", "smtplib", "zipfile", "tempfile", "pathlib", "importlib.resources",
-          "app.web", "app.remote", "app.notify", "app.delivery", "app.zipstream", "app.sweeps"}
+          "app.web", "app.remote", "app.notify", "app.delivery", "app.zipstream", "app.sweeps",
+          "pynvml"}
 
 SHOW_MODULES = "import json, sys; print(json.dumps(sorted(sys.modules)))"
 
@@ -29,18 +33,35 @@ def test_importing_multi_run_needs_no_third_party_package_and_loads_nothing_unus
     assert not loaded & UNUSED, sorted(loaded & UNUSED)
 
 
-def test_a_local_gpu_run_of_plain_configs_loads_nothing_unused(tmp_path):
+def _nvml_library_loads():
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["gpu", "cpu"])
+def test_a_local_run_of_plain_configs_loads_nothing_unused(tmp_path, mode):
+    if mode == "cpu" and _nvml_library_loads():
+        pytest.skip("NVIDIA's library is here: a CPU run asks NVML for the GPUs, through pynvml")
     ws = tmp_path / "ws"
     for i in range(3):
         (ws / "configs" / "exp-1").mkdir(parents=True, exist_ok=True)
         (ws / "configs" / "exp-1" / f"exp-1-{i}.yaml").write_text(f"model_params:\n  seed: {i}\n")
-    env = task_env(SLOTRUN_FAKE_GPUS=1, SLOTRUN_FAKE_GPU_DIR=tmp_path / "fakegpu")
+    env = task_env(SLOTRUN_FAKE_GPU_DIR=tmp_path / "fakegpu")
+    where = ["-gpu", "false", "-d", "2"]
+    if mode == "gpu":
+        env["SLOTRUN_FAKE_GPUS"], where = "1", []  # simulated GPUs never need pynvml
+    else:
+        env.pop("SLOTRUN_FAKE_GPUS", None)
     before = subprocess.run([sys.executable, "-c", SHOW_MODULES], cwd=ws, env=env,
                             capture_output=True, text=True, timeout=60)
     # What the interpreter's site set-up loads on this machine is not multi-run.py's doing.
     already = set(json.loads(before.stdout))
+    argv = ["-c", r"exp-1-\d", *where, "-check", "false", "--command", "true {name}"]
     run = ("import json, sys\nfrom app.multi_run_cli import multi_run\n"
-           "code = multi_run(['-c', r'exp-1-\\d', '-check', 'false', '--command', 'true {name}'])\n"
+           f"code = multi_run({argv!r})\n"
            "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n")
     p = subprocess.run([sys.executable, "-c", run], cwd=ws, env=env, capture_output=True,
                        text=True, timeout=60)
