@@ -5,6 +5,7 @@ Values come, later ones winning, from the defaults, the workspace's
 and explicit overrides (command-line options, a test's config dict).
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ class Setting:
     help: str
     type: type = str
     choices: tuple = ()  # the valid values, when only a few are
+    low: float | None = None  # the smallest valid number (numbers: 0 unless said)
+    high: float | None = None  # the largest valid number, if any
 
 
 SETTINGS = (
@@ -43,42 +46,50 @@ SETTINGS = (
             "in slotrun.yaml); the default recognises results of the original multi-run.py "
             "tool, whose run.py writes trained.txt. Empty: only done_marker counts.", tuple),
     Setting("kill_grace", 5.0, "Seconds between SIGTERM and SIGKILL when stopping a task (on "
-            "cancel, or what a task left running when it ended).", float),
+            "cancel, or what a task left running when it ended).", float, low=0),
     Setting("subreaper", True, "Make the server or multi-run process a child subreaper (Linux), "
             "so processes a task leaves behind, even past setsid, are reparented to it and "
             "stopped with their task.", bool),
-    Setting("cpu_slots", 1, "Default number of CPU slots.", int),
-    Setting("gpu_slots", 1, "Default number of slots on each GPU.", int),
-    Setting("fake_gpus", 0, "Number of simulated GPUs (SLOTRUN_FAKE_GPUS) when NVML finds none.", int),
+    Setting("cpu_slots", 1, "Default number of CPU slots.", int, low=0),
+    Setting("gpu_slots", 1, "Default number of slots on each GPU.", int, low=0),
+    Setting("fake_gpus", 0, "Number of simulated GPUs (SLOTRUN_FAKE_GPUS) when NVML finds none.",
+            int, low=0, high=64),
     Setting("host", "127.0.0.1", "Address the dashboard binds to."),
-    Setting("port", 5000, "Port the dashboard listens on.", int),
-    Setting("device_refresh", 2.0, "Seconds between device figure refreshes on the dashboard.", float),
-    Setting("log_push_interval", 0.25, "Seconds between coalesced log-tail pushes to browsers.", float),
-    Setting("log_push_max_bytes", 65536, "Most bytes of log pushed to a browser per interval.", int),
-    Setting("page_size", 50, "Tasks per page in the dashboard and the API.", int),
+    Setting("port", 5000, "Port the dashboard listens on.", int, low=1, high=65535),
+    Setting("device_refresh", 2.0, "Seconds between device figure refreshes on the dashboard.",
+            float, low=0.05),
+    Setting("log_push_interval", 0.25, "Seconds between coalesced log-tail pushes to browsers.",
+            float, low=0.01),
+    Setting("log_push_max_bytes", 65536, "Most bytes of log pushed to a browser per interval.",
+            int, low=1),
+    Setting("page_size", 50, "Tasks per page in the dashboard and the API.", int, low=1, high=1000),
     Setting("executor", "local", "Executor that starts task processes: local or ray."),
     Setting("ray_address", "auto", "Ray cluster address for the ray executor."),
     Setting("ray_shared_fs", False, "The Ray nodes see the workspace at the same path: tasks run "
             "in place and results are not copied back.", bool),
-    Setting("ray_log_interval", 0.5, "Seconds between log pulls from the Ray nodes.", float),
+    Setting("ray_log_interval", 0.5, "Seconds between log pulls from the Ray nodes.",
+            float, low=0.05),
     Setting("ray_sync_exclude", "", "Comma-separated patterns left out of the workspace copy sent "
             "to the Ray nodes (results/, .slotrun/, .git are always left out)."),
     Setting("ray_sync_max_size", "256MiB", "Largest workspace copy sent to a Ray node."),
     Setting("ray_node_dir", "", "Folder on each Ray node for workspace copies and run folders "
             "(default <tmp>/slotrun-ray-<uid>)."),
     Setting("ray_call_timeout", 30.0, "Seconds to wait for a Ray node to answer a start or a "
-            "collection.", float),
+            "collection.", float, low=0.1),
     Setting("ray_node_timeout", 3.0, "Seconds a Ray node's slotrun agent may stay silent (it is "
             "asked every second) before the node is taken out of placement and its running tasks "
-            "become interrupted; it takes tasks again once it answers.", float),
+            "become interrupted; it takes tasks again once it answers.", float, low=0.1),
     Setting("trust_proxy", False, "Trust one reverse proxy's X-Forwarded-For/-Proto/-Host "
             "(secure cookies and real client addresses behind HTTPS).", bool),
     Setting("auth", True, "Require logins and API tokens (turn off only on 127.0.0.1).", bool),
     Setting("secret_key", "", "Flask secret key; generated and kept in .slotrun/ when empty."),
-    Setting("max_regex_length", 500, "Longest config pattern accepted from the dashboard or API.", int),
-    Setting("regex_timeout", 0.5, "Seconds a config pattern may spend matching before it is refused.", float),
-    Setting("max_batch_tasks", 100000, "Most tasks one batch may hold.", int),
-    Setting("memory_margin", "512MiB", "Free GPU memory kept in reserve above a task's expected need."),
+    Setting("max_regex_length", 500, "Longest config pattern accepted from the dashboard or API.",
+            int, low=1),
+    Setting("regex_timeout", 0.5, "Seconds a config pattern may spend matching before it is refused.",
+            float, low=0.01),
+    Setting("max_batch_tasks", 100000, "Most tasks one batch may hold.", int, low=1),
+    Setting("memory_margin", "512MiB",
+            "Free GPU memory kept in reserve above a task's expected need."),
     Setting("admission", True, "Start a GPU task only when its expected memory (declared "
             "gpu_memory or batch memory, or learned from its config folder) plus the margin fits "
             "in the GPU's free memory minus what its running tasks reserved; a task whose need "
@@ -91,7 +102,7 @@ SETTINGS = (
     Setting("probation_quiet", 2.0, "With probation: unknown, seconds a new task may show no GPU "
             "memory before it counts as settled.", float),
     Setting("memory_sample_interval", 0.5, "Seconds between GPU readings (free memory, memory "
-            "per task, faults) while GPU tasks run or wait.", float),
+            "per task, faults) while GPU tasks run or wait.", float, low=0.05),
     Setting("fault_pause_after", 10.0, "Seconds a fault (the database, the run folders, NVML, an "
             "executor) may keep the scheduler from starting or recording tasks before the queue "
             "pauses itself with the reason; it resumes by itself once the fault is gone.", float),
@@ -100,13 +111,13 @@ SETTINGS = (
     Setting("progress_pattern", r"step (\d+)/(\d+)",
             "Regex whose two groups (done, total) give a task's progress from its log."),
     Setting("max_sweep_configs", 1000, "Most configs one sweep may create (grid: the product of "
-            "the value counts).", int),
+            "the value counts).", int, low=1),
     Setting("results_metrics", "metrics.json,*.txt",
             "Comma-separated file patterns, inside each config's results folder, that the "
             "results table reads metrics from: every number of a JSON file (nested keys joined "
             "with dots), and every other file holding one number (area.txt -> area)."),
     Setting("results_max_bytes", 1048576, "Largest results file the results table reads, in "
-            "bytes (text files holding one number: at most 1 KiB).", int),
+            "bytes (text files holding one number: at most 1 KiB).", int, low=1),
     Setting("results_minimize", "loss,error,err,mse,mae,rmse,time,seconds,duration,cost,regret,"
             "latency", "Comma-separated words: a metric whose name holds one is best when lowest "
             "in the results table; any other metric is best when highest."),
@@ -118,13 +129,13 @@ SETTINGS = (
             "(hooks.slack.com, *.example.org), addresses or networks (10.0.0.0/8), private ones "
             "included. Empty: any host whose addresses are all public."),
     Setting("notify_timeout", 5.0, "Seconds one notification delivery (webhook or e-mail) may "
-            "take before it is abandoned.", float),
+            "take before it is abandoned.", float, low=0.1),
     Setting("notify_retries", 2, "Retries of a notification that failed for a reason that may "
             "pass (no answer, 429, 5xx), after 1, 3 and 9 s (at most 3).", int),
     Setting("notify_queue_size", 1000, "Notifications waiting to be sent at most; beyond that new "
-            "ones are dropped with a log line.", int),
+            "ones are dropped with a log line.", int, low=1),
     Setting("smtp_host", "", "Mail server for e-mail notifications; empty: no e-mail."),
-    Setting("smtp_port", 587, "Port of the mail server.", int),
+    Setting("smtp_port", 587, "Port of the mail server.", int, low=1, high=65535),
     Setting("smtp_security", "starttls", "starttls, ssl (implicit TLS, port 465) or none."),
     Setting("smtp_user", "", "User name at the mail server (empty: no login)."),
     Setting("smtp_password", "", "Password at the mail server (prefer SLOTRUN_SMTP_PASSWORD to "
@@ -180,6 +191,13 @@ def coerce(setting, value):
     except (TypeError, ValueError):
         raise SlotrunError(
             f"setting {setting.name} must be {setting.type.__name__}, not {value!r}") from None
+    if setting.type in (int, float):
+        low = 0 if setting.low is None else setting.low
+        if not math.isfinite(value) or value < low or (setting.high is not None
+                                                       and value > setting.high):
+            valid = f"from {low:g} to {setting.high:g}" if setting.high is not None \
+                else f"{low:g} or more"
+            raise SlotrunError(f"setting {setting.name} must be {valid}, not {value!r}")
     if setting.choices and value not in setting.choices:
         raise SlotrunError(f"setting {setting.name} must be one of {', '.join(setting.choices)}, "
                            f"not {value!r}")
