@@ -278,6 +278,8 @@ def test_filters_pagination_and_actions(page, server):
         rows = page.locator("#tasks-body tr")
         expect(rows).to_have_count(4)
         expect(page.locator("#queue-state")).to_contain_text("paused")
+        # Queued rows say what they wait for: the pause, not a free slot.
+        expect(rows.locator(".task-line")).to_have_text(["queue paused"] * 4)
         # Cancel one task from its row: it asks first, then the task leaves the "queued" view live.
         first = rows.first
         tid = first.get_attribute("data-task")
@@ -372,6 +374,11 @@ def test_a_queue_paused_by_a_fault_says_why_and_resumes_by_itself(browser, tmp_p
                 expect(state).to_contain_text(
                     "Queue paused by a fault, resumes by itself: could not start task")
                 assert "runs" in state.get_attribute("title")
+                page.select_option("#filter-state", "queued")
+                lines = page.locator("#tasks-body tr .task-line")
+                expect(lines.first).to_have_text("queue paused (fault)")
+                expect(lines.first).to_have_attribute(
+                    "title", re.compile(r"^queue paused \(fault\)\ncould not start task"))
                 page.reload()  # a page opened during the pause says why too
                 expect(state).to_contain_text(
                     "Queue paused by a fault, resumes by itself: could not start task")
@@ -379,6 +386,8 @@ def test_a_queue_paused_by_a_fault_says_why_and_resumes_by_itself(browser, tmp_p
                 assert {t["state"] for t in tasks} == {"queued"}  # nothing failed meanwhile
             expect(state).to_have_text("Queue running")
             wait_batch_done(srv, batch["id"])
+            page.select_option("#filter-state", "")
+            expect(page.locator("#tasks-body tr .task-line", has_text="queue")).to_have_count(0)
         tasks = srv.json_api("GET", f"/tasks?batch={batch['id']}")[1]["tasks"]
         assert len(tasks) == 3 and {t["state"] for t in tasks} == {"succeeded"}
     finally:

@@ -21,7 +21,8 @@ function timelineInUrl(id) {
 }
 
 function main() {
-  const summary = new Summary();
+  // Queued rows say when they wait for the queue's pause rather than for a slot.
+  const summary = new Summary({ onQueue: (paused, pause) => tasks.setQueue(paused, pause) });
   const timeline = new Timeline(document.getElementById("timeline-panel"), {
     onClose: () => timelineInUrl(null),
   });

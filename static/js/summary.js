@@ -39,7 +39,8 @@ export function queueStateText(paused, pause) {
 
 /** The summary tiles and the queue's pause switch. */
 export class Summary {
-  constructor() {
+  constructor({ onQueue } = {}) {
+    this.onQueue = onQueue || (() => {}); // told (paused, pause) whenever the queue's state is known
     this.counts = {};
     this.slots = null;
     this.paused = null;
@@ -64,6 +65,7 @@ export class Summary {
       const p = q.queue || q; // GET /status gives the pause's details under "queue"
       this.paused = Boolean(q.paused);
       this.pause = q.paused ? { auto: Boolean(p.auto), reason: p.reason || null, since: p.since || null } : null;
+      this.onQueue(this.paused, this.pause);
     }
     if (q.counts) this.counts = q.counts;
     if (q.slots) this.slots = q.slots;

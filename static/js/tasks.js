@@ -80,6 +80,8 @@ export class TasksTable {
     this.rows = new Map(); // task id -> {tr, task, cells}
     this.progress = new Map(); // running task id -> {done, total} from "progress" events
     this.lines = new Map(); // running task id -> its log's last line, from "lines" events
+    this.waits = null; // what queued tasks wait for, while the queue is paused
+    this.waitsWhy = null; // and why it paused (a row's title)
     this.dirty = new Set();
     this.paint = rafBatch(() => this.flush());
     this.refresh = throttle(() => this.load(), 700);
@@ -375,7 +377,9 @@ export class TasksTable {
       // The log's last line names the error better than "exit code 1"; the message stays in the title.
       return { text: last && last !== t.message ? last : t.message || last || "", kind: "error" };
     }
-    if (t.state === "queued") return { text: "waiting for a free slot", kind: "muted" };
+    if (t.state === "queued") {
+      return { text: this.waits || "waiting for a free slot", kind: "muted", why: this.waits ? this.waitsWhy : null };
+    }
     if (t.state === "running" && !last) return { text: "started: no output yet", kind: "muted" };
     if (t.state === "skipped" || t.state === "cancelled") return { text: t.message || last || "", kind: "muted" };
     return { text: last || "", kind: "" };
@@ -392,7 +396,7 @@ export class TasksTable {
     const line = this.lineOf(t);
     setText(row.line, line.text);
     row.line.dataset.kind = line.kind;
-    row.line.title = [line.text, t.message && t.message !== line.text ? t.message : ""].filter(Boolean).join("\n");
+    row.line.title = [line.text, line.why, t.message && t.message !== line.text ? t.message : ""].filter(Boolean).join("\n");
     setText(cells.owner, t.owner);
     cells.owner.title = t.owner === this.user ? "You" : "";
     setText(cells.batch.firstChild, t.batch);
@@ -461,6 +465,20 @@ export class TasksTable {
       this.lines.set(tid, line);
       if (this.rows.has(tid)) this.dirty.add(tid);
     }
+    this.paint();
+  }
+
+  /** Say why the queued tasks wait: for a free slot, or for the queue's pause to end (and why
+   * it paused: a user, or a fault slotrun waits out). */
+  setQueue(paused, pause) {
+    // Short enough for the row; the reason is in the row's title (and the top bar).
+    let waits = null;
+    if (paused) waits = pause && pause.auto ? "queue paused (fault)" : "queue paused";
+    const why = paused && pause && pause.reason ? pause.reason : null;
+    if (waits === this.waits && why === this.waitsWhy) return;
+    this.waits = waits;
+    this.waitsWhy = why;
+    for (const row of this.rows.values()) if (row.task.state === "queued") this.dirty.add(row.task.id);
     this.paint();
   }
 
