@@ -154,7 +154,14 @@ function main() {
   live.on("queue", (q) => summary.setQueue(q));
   // After a reconnect (server restart, network drop) everything is fetched again.
   live.onResync((again) => {
-    if (!again) return;
+    if (!again) {
+      // The first load came before the connection was up: what changed in between (a task's
+      // end) reached no one, so the lists are read once more.
+      tasks.refresh();
+      batches.refresh();
+      summary.refresh();
+      return;
+    }
     loadDevices().then(loadHistory);
     batches.refresh.now();
     tasks.refresh.now();

@@ -54,7 +54,11 @@ export class Summary {
 
   /** Fetch GET /status (on load and after a reconnect). */
   async load() {
-    this.setQueue(await api.status());
+    try {
+      this.setQueue(await api.status());
+    } catch (e) {
+      console.warn("cannot load the queue's status", e); // the next event or reconnect brings it
+    }
   }
 
   /** Apply a "queue" event ({paused, auto, reason, since, counts, total, slots}) or a GET /status

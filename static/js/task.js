@@ -276,6 +276,9 @@ live.onResync((again) => {
     loadTask();
     loadFiles(currentDir);
     loadProgress();
+  } else if (!task || ACTIVE_STATES.has(task.state)) {
+    // Loaded before the connection was up: a change in between (its end) came to no one.
+    loadTask();
   }
 });
 
