@@ -74,14 +74,14 @@ def serve(args):
     """Serve the dashboard until stopped (SIGTERM, Ctrl-C); return the exit status."""
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.port is not None and not 0 < args.port < 65536:  # the flag's name, not the setting's
+        raise SlotrunError(f"--port must be from 1 to 65535, not {args.port}")
     settings = settings_mod.load({"workspace": args.workspace, "host": args.host,
                                   "port": args.port, "executor": args.executor,
                                   "ray_address": args.ray_address})
     if settings["executor"] not in ("local", "ray"):
         raise SlotrunError(f"unknown executor {settings['executor']!r}; valid: local, ray")
     ws, host, port = settings["workspace"], settings["host"], int(settings["port"])
-    if not 0 < port < 65536:
-        raise SlotrunError(f"--port must be from 1 to 65535, not {port}")
     if not 1 <= args.threads <= 10000:
         raise SlotrunError(f"--threads must be from 1 to 10000, not {args.threads}")
     if not settings["auth"] and not _is_loopback(host):
