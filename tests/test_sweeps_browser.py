@@ -80,6 +80,7 @@ def test_sweep_form_previews_refuses_bad_input_and_starts_a_batch(browser, serve
         page.goto(server.url + "/")
         page.get_by_role("link", name="New sweep…").click()
         expect(page).to_have_url(re.compile(r"/sweep$"))
+        page.wait_for_load_state("load")  # the form's script listens from now on
         fill_sweep(page)
         # A folder escaping configs/ is named as the problem; nothing can be created.
         page.get_by_label("Folder under configs/").fill("../outside")
