@@ -424,7 +424,7 @@ class Engine:
         try:
             started = self._dispatch(probe=probe)
             if self._writes:
-                # The starts' process records and the ends owed: one transaction.
+                # The ends owed (those whose done marker exists): one transaction.
                 released = self._owed_configs()
                 self._flush_writes()
                 if any(c in self.waiting.configs for c in released):
@@ -873,11 +873,16 @@ class Engine:
                                             slot, handle, config, now, memory=p.memory,
                                             family=p.family, number=number)
         self._stale.add("running")
-        # Written with the step's other records (ends), in one transaction; until then (a
-        # crash) the pid is read back from the run folder's record.
-        self._owe(Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
-                                                               handle.pid_start, handle.boot_id),
-                        f"record the process of task {task_id}"))
+        # Written at once, apart from the owed writes (an end may wait for its done marker):
+        # an engine killed now finds the pid here, not only in the run folder's record, which
+        # the wrapper writes a moment later.
+        record = Write(lambda: self.store.set_attempt_process(attempt_id, handle.pid,
+                                                              handle.pid_start, handle.boot_id),
+                       f"record the process of task {task_id}")
+        try:
+            record.apply()
+        except Exception:  # noqa: BLE001 - it runs: owe the record, never lose the process
+            self._owe(record)
         if idx is not None and self.admission.started(task_id, device, handle.pid, p) \
                 and self.monitor is not None:
             self.monitor.poke()  # the first GPU task: start reading
