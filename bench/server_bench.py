@@ -641,16 +641,17 @@ def _log_size(ws, task_id, info):
 CLIENTS_PER_PROCESS = 10  # like browsers, clients get their own processes (not one GIL)
 
 
-class ClientGroup:
-    """A child process holding several Socket.IO clients, driven by JSON lines on stdin/stdout."""
+class JsonChild:
+    """A child process of this module (``python -m bench.server_bench ARGS``) driven by JSON
+    lines on its stdin and answering JSON lines on its stdout."""
 
-    def __init__(self, url, k):
-        self.k = k
+    what = "a child process"
+
+    def __init__(self, *args):
         self.err = open(os.devnull, "wb")
         self.proc = subprocess.Popen(
-            [PY, "-m", "bench.server_bench", "--client-group", url, str(k)], cwd=REPO,
-            env=clean_env(PYTHONPATH=REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.err, text=True)
+            [PY, "-m", "bench.server_bench", *args], cwd=REPO, env=clean_env(PYTHONPATH=REPO),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
 
     def send(self, obj):
         """Send one command."""
@@ -661,17 +662,27 @@ class ClientGroup:
         """Return the next answer."""
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"a client process ended early (status {self.proc.poll()})")
+            raise RuntimeError(f"{self.what} ended early (status {self.proc.poll()})")
         return json.loads(line)
 
     def close(self):
-        """Wait for the process to end (it ends after its report)."""
+        """Wait for the process to end (it ends once its stdin is closed)."""
         try:
             self.proc.stdin.close()
             self.proc.wait(20)
         except (subprocess.TimeoutExpired, OSError):
             self.proc.kill()
         self.err.close()
+
+
+class ClientGroup(JsonChild):
+    """A child process holding several Socket.IO clients."""
+
+    what = "a client process"
+
+    def __init__(self, url, k):
+        super().__init__("--client-group", url, str(k))
+        self.k = k
 
 
 def client_group_main(url, k):
@@ -876,36 +887,14 @@ def submits_at_once(smoke, out_dir, mode=CPU_MODE):
         remove(d)
 
 
-class Submitter:
+class Submitter(JsonChild):
     """A child process submitting batches over one open HTTP connection, told when by a line
-    on its stdin (JSON lines both ways)."""
+    on its stdin."""
+
+    what = "a submitter"
 
     def __init__(self, url, c, use_gpu=False):
-        self.proc = subprocess.Popen(
-            [PY, "-m", "bench.server_bench", "--submitter", url, str(c),
-             "gpu" if use_gpu else "cpu"], cwd=REPO,
-            env=clean_env(PYTHONPATH=REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True)
-
-    def send(self, obj):
-        """Send one command."""
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self):
-        """Return the next answer."""
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"a submitter ended early (status {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self):
-        """End the process."""
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(20)
-        except (subprocess.TimeoutExpired, OSError):
-            self.proc.kill()
+        super().__init__("--submitter", url, str(c), "gpu" if use_gpu else "cpu")
 
 
 def submitter_main(url, c, use_gpu=False):
