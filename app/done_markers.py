@@ -107,7 +107,10 @@ class DoneMarkers:
             stop = None in group
             group = [t for t in group if t is not None]
             for ticket in group:
-                write_marker(ticket.folder, ticket.name)
+                try:
+                    write_marker(ticket.folder, ticket.name)
+                except Exception:  # noqa: BLE001 - its end must still be written down
+                    log.exception("writing the done marker in %s failed", ticket.folder)
                 ticket.done = True
             if not group:
                 continue

@@ -172,3 +172,17 @@ def test_a_write_waiting_for_another_thread_s_write_gives_up_after_its_busy_time
         t.join(10)
     store.set_state("short", "2")
     assert (store.get_state("long"), store.get_state("short")) == ("1", "2")
+
+
+def test_a_marker_that_fails_unexpectedly_still_lets_its_end_be_written(tmp_path, caplog):
+    """Whatever goes wrong writing one marker, its ticket is done (its end is written down,
+    nothing waits for ever) and the thread goes on with the next one."""
+    announced = threading.Semaphore(0)
+    markers = DoneMarkers(announced.release)
+    bad = markers.ask(str(tmp_path / "r") + "\x00x", ".done")  # a path the OS refuses
+    good = markers.ask(str(tmp_path / "r" / "ok"), ".done")
+    assert markers.wait_idle(10)
+    assert bad.done and good.done
+    assert (tmp_path / "r" / "ok" / ".done").is_file()
+    assert any("done marker" in r.getMessage() for r in caplog.records)
+    markers.close()
