@@ -29,12 +29,17 @@ def results(ws, config):
     return os.path.join(ws, "results", config[len("configs/"):-len(".yaml")])
 
 
-def test_every_success_gets_its_marker_before_its_end_is_written_down(workspace):
+@pytest.mark.parametrize("mode", ["gpu", "cpu"])
+def test_every_success_gets_its_marker_before_its_end_is_written_down(workspace, mode,
+                                                                      monkeypatch):
     """Tasks that write nothing get their results folder and marker; a marker exists for
-    every end the store says succeeded, also right after the engine stopped."""
-    eng, store = make_engine(workspace, cpu_slots=4)
+    every end the store says succeeded, also right after the engine stopped (GPU mode on
+    simulated GPUs with the default settings, and CPU mode)."""
+    if mode == "gpu":
+        monkeypatch.setenv("SLOTRUN_FAKE_GPUS", "2")
+    eng, store = make_engine(workspace, cpu_slots=4, gpu_slots=2)
     try:
-        b = eng.submit(configs(5), "ann", use_gpu=False, command=TRUE)
+        b = eng.submit(configs(5), "ann", use_gpu=mode == "gpu", command=TRUE)
         ids = [t["id"] for t in b["tasks"]]
         seen = set()
 
@@ -49,7 +54,9 @@ def test_every_success_gets_its_marker_before_its_end_is_written_down(workspace)
     finally:
         eng.stop()
     assert all(store.get_task(i)["state"] == "succeeded" for i in ids)
-    assert len(store.attempts(ids[0])) == 1
+    assert all(len(store.attempts(i)) == 1 for i in ids)
+    devices = {store.get_task(i)["device"] for i in ids}
+    assert devices <= ({"gpu0", "gpu1"} if mode == "gpu" else {"cpu"}), devices
 
 
 def test_a_marker_that_cannot_be_written_is_logged_and_the_end_still_recorded(workspace,

@@ -1,7 +1,6 @@
 """What multi-run.py imports: a local run loads no web stack, and nothing it does not use
 (yaml where no YAML is parsed, the regex package for a plain pattern, OpenSSL's hashes)."""
 
-import ctypes
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ import sys
 
 import pytest
 
+from app.devices import _nvml_library_loads
 from tests.helpers import ROOT, task_env
 
 # Never needed by a local run of plain configs (the web stack, notifications, Ray, parsers).
@@ -31,14 +31,6 @@ def test_importing_multi_run_needs_no_third_party_package_and_loads_nothing_unus
     loaded = set(json.loads(p.stdout))
     assert "app.scheduler" in loaded and "sqlite3" in loaded
     assert not loaded & UNUSED, sorted(loaded & UNUSED)
-
-
-def _nvml_library_loads():
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("mode", ["gpu", "cpu"])
