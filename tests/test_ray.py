@@ -484,3 +484,11 @@ def test_a_silent_agent_takes_its_node_out_until_it_answers(workspace, cluster):
 def test_a_node_timeout_that_is_not_above_zero_is_refused(workspace, value):
     with pytest.raises(SlotrunError, match="ray_node_timeout must be a number of seconds above 0"):
         ClusterView({"workspace": workspace, "ray_node_timeout": value})
+
+
+def test_the_start_up_check_lets_a_real_head_pass(cluster):
+    from app.executors.ray_address import check_reachable
+
+    # The head accepts the TCP knock, then answers gRPC as Ray's GCS, with the environment
+    # the other tests here connect with: nothing is raised.
+    assert check_reachable(cluster.address) is None
