@@ -7,6 +7,7 @@ and resumes by itself once the fault is gone. A restarted engine starts queued w
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -217,6 +218,30 @@ def test_unwritable_run_folder_pauses_the_queue_and_fails_nothing(workspace, mon
             assert all(store.get_task(i)["attempts"] == 0 for i in ids)
         wait_for(lambda: done(store, ids), timeout=30)
         assert_each_ran_once_and_succeeded(store, ids)
+        assert not eng.queue_state()["paused"]
+    finally:
+        eng.stop()
+
+
+def test_no_file_descriptor_left_to_watch_a_started_task_runs_it_once(workspace, monkeypatch):
+    """A process that started but cannot be watched through a pidfd (the engine is out of
+    file descriptors) is still the task's only run: waited for on a thread, its end and its
+    exit code recorded, its slot refilled; never undone and queued again while it runs."""
+    monkeypatch.setenv("SLOTRUN_FAKE_GPUS", "2")
+    monkeypatch.setenv("SLOTRUN_SIM_TIME", "0.2")
+
+    def no_fd_left(pid, flags=0):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    eng, store = make_engine(workspace, Recorder(), gpu_slots=1, **FAST_FAULTS)
+    monkeypatch.setattr(os, "pidfd_open", no_fd_left)
+    try:
+        b = eng.submit(exp_configs(4), "ann")
+        ids = [t["id"] for t in b["tasks"]]
+        wait_for(lambda: done(store, ids), timeout=30)
+        assert_each_ran_once_and_succeeded(store, ids)
+        assert sorted(store.get_task(i)["device"] for i in ids) == ["gpu0", "gpu0", "gpu1", "gpu1"]
+        assert all(store.get_task(i)["exit_code"] == 0 for i in ids)
         assert not eng.queue_state()["paused"]
     finally:
         eng.stop()

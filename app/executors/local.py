@@ -346,12 +346,26 @@ class LocalExecutor:
             if proc is None:
                 return False
             pidfd = None
-        if pidfd is None:  # our child already ended and was reaped elsewhere: report now
+        except OSError as e:  # no file descriptors left, say
+            if proc is None:
+                raise
+            log.warning("cannot watch task %s's process through a pidfd (%s); waiting for it "
+                        "on a thread", handle.task_id, e)
+            pidfd = None
+        if pidfd is None:  # our child (ended, or not watchable): a thread waits for it
             threading.Thread(target=self._report, args=(handle, proc, None), daemon=True).start()
             return True
         with self._lock:
             self._watched[pidfd] = (handle, proc)
-        self._epoll.register(pidfd, select.EPOLLIN)
+        try:
+            self._epoll.register(pidfd, select.EPOLLIN)
+        except OSError:
+            with self._lock:
+                self._watched.pop(pidfd, None)
+            os.close(pidfd)
+            if proc is None:
+                raise
+            threading.Thread(target=self._report, args=(handle, proc, None), daemon=True).start()
         return True
 
     # -- watching -----------------------------------------------------------------------
