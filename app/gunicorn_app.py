@@ -62,8 +62,12 @@ def _worker_exit(server, worker):
 
 
 def _post_worker_init(worker):
-    """Keep the worker's app where the exit hook finds it."""
+    """Keep the worker's app where the exit hook finds it, and give the worker its signals
+    back: the app's start-up may have taken them (``ray.init`` installs handlers of Ray's
+    own for SIGTERM and SIGINT, which print a signal dump and end the worker with status
+    15, bypassing the stop above)."""
     worker.slotrun_app = worker.wsgi
+    worker.init_signals()
 
 
 class GunicornServer(BaseApplication):

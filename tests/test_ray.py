@@ -492,3 +492,32 @@ def test_the_start_up_check_lets_a_real_head_pass(cluster):
     # The head accepts the TCP knock, then answers gRPC as Ray's GCS, with the environment
     # the other tests here connect with: nothing is raised.
     assert check_reachable(cluster.address) is None
+
+
+def test_serve_on_ray_stops_cleanly_on_sigterm(workspace, cluster, tmp_path):
+    """SIGTERM stops a server on the ray executor as it stops one on the local executor: its
+    engine closes (the next server takes over), exit status 0, and no signal dump of Ray's
+    or worker error line of gunicorn's (ray.init takes SIGTERM over in the worker)."""
+    from tests.helpers import ServerProcess, task_env
+
+    env = task_env(SLOTRUN_AUTH="false", SLOTRUN_KILL_GRACE=2, RAY_USAGE_STATS_ENABLED="0",
+                   SLOTRUN_RAY_NODE_DIR=node_dir(workspace))
+    server = ServerProcess(tmp_path / "serve.log", env, workspace,
+                           extra_args=["--executor", "ray", "--ray-address", cluster.address],
+                           start=False)
+    server.start(timeout=120)
+    try:
+        status = server.api("GET", "/status").json()
+        assert status["engine"]["pid"] != server.proc.pid
+    finally:
+        code = server.stop()
+    log = server.output()
+    assert code == 0, log
+    assert "SIGTERM received" not in log and "Traceback" not in log, log
+    assert not re.search(r"Worker \(pid:\d+\) (exited|was sent)", log), log
+    # The engine let go of the workspace: a second server starts on it at once.
+    again = ServerProcess(tmp_path / "again.log", env, workspace,
+                          extra_args=["--executor", "ray", "--ray-address", cluster.address],
+                          start=False)
+    again.start(timeout=120)
+    assert again.stop() == 0, again.output()
