@@ -26,7 +26,8 @@ def env(workspace, tmp_path):
                     PYTHONUNBUFFERED=1)
 
 
-def _workspace_free(workspace):
+def workspace_free(workspace):
+    """Return whether no engine holds the workspace now."""
     try:
         check_workspace_free(workspace)
     except WorkspaceLocked:
@@ -53,7 +54,7 @@ def test_restarted_server_starts_queued_work_at_once(env, workspace, tmp_path, s
         server.stop()
     # Under gunicorn a SIGKILL reaches the master; its worker (the engine) sees it gone and
     # ends within a second or so: a new server can take the workspace once it has.
-    wait_for(lambda: _workspace_free(workspace), 15, interval=0.1)
+    wait_for(lambda: workspace_free(workspace), 15, interval=0.1)
     running = []
     for t in tasks_of(store, batch):
         run_dir = t["state"] == "running" and store.latest_attempt(t["id"])["run_dir"]

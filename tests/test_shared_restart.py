@@ -19,10 +19,9 @@ import time
 import pytest
 
 from app.accounts import Accounts
-from app.errors import WorkspaceLocked
-from app.scheduler import check_workspace_free
 from app.store import Store
 from tests.helpers import ServerProcess, make_workspace, task_env, wait_for
+from tests.test_restarts import workspace_free
 
 pytestmark = pytest.mark.slow
 
@@ -87,14 +86,6 @@ def most_at_once(runs):
 def results_of(ws, config):
     """Return a config's results folder (where its done marker is written)."""
     return os.path.join(ws, "results", config[len("configs/"):-len(".yaml")])
-
-
-def _workspace_free(workspace):
-    try:
-        check_workspace_free(workspace)
-    except WorkspaceLocked:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
@@ -164,7 +155,7 @@ def test_two_users_overlapping_batches_survive_a_restart_on_gpus(tmp_path, sig):
             server.stop()
         # Under gunicorn a SIGKILL reaches the master; its worker (the engine) sees it gone
         # and ends within a second or so: a new server can take the workspace once it has.
-        wait_for(lambda: _workspace_free(ws), 15, interval=0.1)
+        wait_for(lambda: workspace_free(ws), 15, interval=0.1)
         # Configs still to run: queued, and not run nor running in the other user's batch.
         stored = store.list_tasks(limit=100, newest_first=False)[0]
         left = {os.path.basename(t["config"])[:-5] for t in stored if t["state"] == "queued"} \
