@@ -240,8 +240,17 @@ def test_no_file_descriptor_left_to_watch_a_started_task_runs_it_once(workspace,
         ids = [t["id"] for t in b["tasks"]]
         wait_for(lambda: done(store, ids), timeout=30)
         assert_each_ran_once_and_succeeded(store, ids)
-        assert sorted(store.get_task(i)["device"] for i in ids) == ["gpu0", "gpu0", "gpu1", "gpu1"]
         assert all(store.get_task(i)["exit_code"] == 0 for i in ids)
+        # Both GPUs were used, one task at a time each: a slot was refilled only once the
+        # process waited for on a thread had ended.
+        runs = {}
+        for i in ids:
+            a = store.attempts(i)[0]
+            runs.setdefault(a["device"], []).append((a["started_at"], a["finished_at"]))
+        assert sorted(runs) == ["gpu0", "gpu1"], runs
+        for spans in runs.values():
+            spans.sort()
+            assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), runs
         assert not eng.queue_state()["paused"]
     finally:
         eng.stop()
